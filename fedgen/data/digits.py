@@ -1,0 +1,139 @@
+"""digits-domains: the embedded benchmark, needing no download.
+
+scikit-learn's bundled 1,797 handwritten digits (8x8, 10 classes), upscaled to 32x32 RGB and rendered in six visual
+domains. Each source digit is first assigned to exactly one of three splits (server-held public, global test, client
+pool) so that no digit leaks across them; it is then rendered in every domain.
+
+Domains (index: name, what changes):
+  0 plain     white stroke on black
+  1 inverted  black stroke on white
+  2 coloured  a coloured stroke on a dark background of another colour
+  3 rotated   white on black, rotated by up to +-35 degrees
+  4 noisy     white on black with strong Gaussian pixel noise
+  5 blurred   white on black, Gaussian blur (sigma 1.5)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torchvision.transforms.v2.functional import gaussian_blur
+
+from fedgen.data.images import ImageSet
+
+CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DOMAIN_NAMES = ["plain", "inverted", "coloured", "rotated", "noisy", "blurred"]
+# Stroke colours of the 'coloured' domain (RGB, 0..1); backgrounds are a dim version of another palette entry.
+PALETTE = {
+    "red": (0.95, 0.15, 0.1),
+    "green": (0.2, 0.85, 0.2),
+    "blue": (0.2, 0.4, 1.0),
+    "yellow": (0.95, 0.9, 0.1),
+    "magenta": (0.9, 0.2, 0.9),
+    "cyan": (0.1, 0.9, 0.9),
+    "orange": (1.0, 0.55, 0.05),
+}
+SIZE = 32
+MAX_ROTATION_DEG = 35.0
+NOISE_STD = 0.3
+BLUR_SIGMA = 1.5
+
+
+def _upscale(digits: np.ndarray) -> torch.Tensor:
+    """(N, 8, 8) values 0..16 -> (N, 1, 32, 32) floats in [0, 1]."""
+    x = torch.from_numpy(digits.astype(np.float32) / 16.0).unsqueeze(1)
+    return F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def _rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    rad = torch.deg2rad(degrees)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+
+
+def render(stroke: torch.Tensor, domain: int, gen: torch.Generator) -> torch.Tensor:
+    """Render strokes (N, 1, H, W) in [0, 1] as RGB (N, 3, H, W) in [0, 1] in one domain."""
+    n = stroke.shape[0]
+    grey = stroke.expand(-1, 3, -1, -1)
+    name = DOMAIN_NAMES[domain]
+    if name == "plain":
+        out = grey
+    elif name == "inverted":
+        out = 1.0 - grey
+    elif name == "coloured":
+        colours = torch.tensor(list(PALETTE.values()))
+        fg = colours[torch.randint(len(colours), (n,), generator=gen)]
+        shift = torch.randint(1, len(colours), (n,), generator=gen)
+        bg = 0.25 * colours[(torch.randint(len(colours), (n,), generator=gen) + shift) % len(colours)]
+        out = stroke * fg[:, :, None, None] + (1 - stroke) * bg[:, :, None, None]
+    elif name == "rotated":
+        angles = (torch.rand(n, generator=gen) * 2 - 1) * MAX_ROTATION_DEG
+        out = _rotate(grey.contiguous(), angles)
+    elif name == "noisy":
+        out = grey + NOISE_STD * torch.randn(grey.shape, generator=gen)
+    elif name == "blurred":
+        out = gaussian_blur(grey.contiguous(), kernel_size=[7, 7], sigma=[BLUR_SIGMA, BLUR_SIGMA])
+    else:  # pragma: no cover - DOMAIN_NAMES is closed
+        raise ValueError(name)
+    return out.clamp(0, 1)
+
+
+def _to_imageset(rgb: torch.Tensor, label: np.ndarray, domain: int) -> ImageSet:
+    images = (rgb.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    return ImageSet(images, label.astype(np.int64), np.full(len(label), domain, dtype=np.int64))
+
+
+def render_all_domains(digits: np.ndarray, labels: np.ndarray, seed: int) -> ImageSet:
+    stroke = _upscale(digits)
+    parts = []
+    for d in range(len(DOMAIN_NAMES)):
+        gen = torch.Generator().manual_seed(seed * 1000 + d)
+        parts.append(_to_imageset(render(stroke, d, gen), labels, d))
+    return ImageSet.concat(parts)
+
+
+def load_digits_domains(public_fraction: float, test_fraction: float, split_seed: int) -> dict[str, ImageSet]:
+    """The three disjoint splits, each rendered in all six domains: 'pool', 'test', 'public'."""
+    bunch = load_digits()
+    digits, labels = bunch.images, bunch.target
+    order = np.random.default_rng(split_seed).permutation(len(labels))
+    n_public = round(public_fraction * len(labels))
+    n_test = round(test_fraction * len(labels))
+    idx = {
+        "public": order[:n_public],
+        "test": order[n_public : n_public + n_test],
+        "pool": order[n_public + n_test :],
+    }
+    return {
+        name: render_all_domains(digits[i], labels[i], seed=split_seed * 10 + k)
+        for k, (name, i) in enumerate(idx.items())
+    }
+
+
+def save_domain_grid(path: str, split_seed: int = 0) -> None:
+    """A PNG grid: one row per domain, one column per class (from the server-held public split)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    public = load_digits_domains(0.15, 0.15, split_seed)["public"]
+    fig, axes = plt.subplots(len(DOMAIN_NAMES), len(CLASS_NAMES), figsize=(len(CLASS_NAMES), len(DOMAIN_NAMES) + 0.4))
+    for d, row in enumerate(axes):
+        for c, ax in enumerate(row):
+            i = np.flatnonzero((public.domains == d) & (public.labels == c))[0]
+            ax.imshow(public.images[i], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if d == 0:
+                ax.set_title(CLASS_NAMES[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(DOMAIN_NAMES[d], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
