@@ -1,0 +1,68 @@
+"""Byte accounting of every message, per round, per client, per direction and per tier.
+
+Sizes are those of the records a message carries (``count_bytes()`` of each ArrayRecord, MetricRecord and
+ConfigRecord: the array payloads, the keys and the scalar values), i.e. what the application sends, without the
+transport's framing. A tier names the link: 'client-server' for what crosses the Grid; hierarchical strategies add
+their own (e.g. 'edge-cloud').
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+
+from flwr.app import RecordDict
+
+UP, DOWN = "up", "down"
+CLIENT_SERVER = "client-server"
+
+
+def record_bytes(content: RecordDict) -> int:
+    """Bytes carried by a message's records (arrays, metrics, configs), keys included."""
+    return sum(len(key) + record.count_bytes() for key, record in content.items())
+
+
+@dataclass(frozen=True)
+class Entry:
+    round: int
+    client: int
+    direction: str
+    tier: str
+    kind: str
+    bytes: int
+
+
+class ByteLedger:
+    """Thread-safe log of bytes moved; ``client`` is the partition id where known (-1 for the server side)."""
+
+    def __init__(self) -> None:
+        self._entries: list[Entry] = []
+        self._lock = threading.Lock()
+
+    def add(self, round: int, client: int, direction: str, nbytes: int, kind: str = "", tier: str = CLIENT_SERVER):
+        if direction not in (UP, DOWN):
+            raise ValueError(f"direction must be '{UP}' or '{DOWN}', got {direction!r}")
+        if nbytes < 0:
+            raise ValueError("bytes cannot be negative")
+        with self._lock:
+            self._entries.append(Entry(round, client, direction, tier, kind, int(nbytes)))
+
+    @property
+    def entries(self) -> list[Entry]:
+        with self._lock:
+            return list(self._entries)
+
+    def total(self, direction: str, round: int | None = None, tier: str | None = None) -> int:
+        return sum(
+            e.bytes
+            for e in self.entries
+            if e.direction == direction and (round is None or e.round == round) and (tier is None or e.tier == tier)
+        )
+
+    def per_client(self, direction: str) -> dict[int, int]:
+        out: dict[int, int] = defaultdict(int)
+        for e in self.entries:
+            if e.direction == direction:
+                out[e.client] += e.bytes
+        return dict(out)
