@@ -1,0 +1,79 @@
+"""The finetune role: train or evaluate a classifier on the client's own data; report its label histogram.
+
+Train replies carry the updated weights ('arrays') and 'metrics' with 'train-loss' and 'num-examples'.
+The server's config may ask for FedProx ('proximal-mu') or FedDyn ('feddyn-alpha'); FedDyn's per-client
+gradient state stays on the client, in ``context.state``.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+
+from clients.common import client_data, server_round
+from fedgen import feddyn
+from fedgen.models import build_model
+from fedgen.train import client_seed, proximal_penalty, resolve_device
+from fedgen.train import evaluate as evaluate_model
+from fedgen.train import train as train_model
+
+FEDDYN_STATE = "feddyn-grad"
+
+
+def _model(cfg, fed, msg: Message) -> torch.nn.Module:
+    model = build_model(cfg.model.name, fed.num_classes, cfg.model.norm, fed.image_shape[-1])
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model
+
+
+def train(msg: Message, context: Context) -> Message:
+    cfg, fed, pid = client_data(msg, context)
+    data, _ = fed.client(pid)
+    device = resolve_device(cfg.device)
+    model = _model(cfg, fed, msg)
+    global_params = [p.detach().clone().to(device) for p in model.parameters()]
+    config = msg.content["config"]
+    penalties = []
+    mu = float(config.get("proximal-mu", 0.0))
+    if mu > 0:
+        penalties.append(proximal_penalty(global_params, mu))
+    alpha = float(config.get("feddyn-alpha", 0.0))
+    if alpha > 0:
+        state = context.state.array_records.get(FEDDYN_STATE)
+        grads = (
+            [t.to(device) for t in state.to_torch_state_dict().values()]
+            if state is not None
+            else [torch.zeros_like(p) for p in global_params]
+        )
+        penalties.append(feddyn.client_penalty(global_params, grads, alpha))
+    seed = client_seed(cfg.seed, server_round(msg), pid)
+    result = train_model(model, data, cfg.train, device, seed=seed, penalties=penalties)
+    if alpha > 0:
+        local = [p.detach() for p in model.parameters()]
+        grads = feddyn.client_state_update(grads, local, global_params, alpha)
+        context.state[FEDDYN_STATE] = ArrayRecord({str(i): g.cpu() for i, g in enumerate(grads)})
+    reply = RecordDict(
+        {
+            "arrays": ArrayRecord(model.cpu().state_dict()),
+            "metrics": MetricRecord({"train-loss": result.loss, "num-examples": result.num_examples}),
+        }
+    )
+    return Message(content=reply, reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received model on this client's local test split."""
+    cfg, fed, pid = client_data(msg, context)
+    _, test = fed.client(pid)
+    loss, acc = evaluate_model(_model(cfg, fed, msg), test, cfg.train.eval_batch_size, resolve_device(cfg.device))
+    metrics = MetricRecord({"eval-loss": loss, "eval-acc": acc, "num-examples": len(test), "partition-id": pid})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def query(msg: Message, context: Context) -> Message:
+    """This client's partition id, example count and label histogram (no data leaves)."""
+    cfg, fed, pid = client_data(msg, context)
+    data, _ = fed.client(pid)
+    hist = [int(v) for v in data.label_histogram(fed.num_classes)]
+    metrics = MetricRecord({"partition-id": pid, "num-examples": len(data), "label-histogram": hist})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,0 +1,63 @@
+"""Runs a comparison suite: every method on identical partitions and seeds, then the report."""
+
+from __future__ import annotations
+
+import os
+import platform
+import traceback
+from pathlib import Path
+
+from fedgen.config import load_suite
+from fedgen.data import load_federation
+from fedgen.report import write_report
+from simulations.runner import check_runnable, run
+
+
+def machine_description() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.machine()}, {os.cpu_count()} cores, {mem_gb:.0f} GiB, {gpu}, torch {torch.__version__}"
+
+
+def compare(suite_path: str | Path, out_dir: str | Path, verbose: bool = False, check: bool = False) -> int:
+    """Run every (method, seed) of the suite into ``out_dir``; returns a process exit code.
+
+    With ``check``, also fails when a run records no rounds or ends at or below twice chance accuracy.
+    """
+    suite, configs = load_suite(suite_path)
+    for by_seed in configs.values():  # every run is validated before the first one starts
+        for cfg in by_seed.values():
+            check_runnable(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done: dict[str, dict[int, Path]] = {}
+    problems: list[str] = []
+    for label, by_seed in configs.items():
+        for seed, cfg in by_seed.items():
+            run_dir = out_dir / label / f"seed{seed}"
+            print(f"== {suite.name}: {label}, seed {seed} -> {run_dir}", flush=True)
+            try:
+                summary = run(cfg, run_dir, verbose=verbose)
+            except Exception as err:  # noqa: BLE001 - one failing method must not lose the others
+                traceback.print_exc()
+                problems.append(f"{label} seed {seed}: failed: {err}")
+                continue
+            done.setdefault(label, {})[seed] = run_dir
+            chance = 1.0 / load_federation(cfg.data, cfg.seed).num_classes
+            if check and summary["rounds"] < 1:
+                problems.append(f"{label} seed {seed}: recorded no rounds")
+            if check and (summary["final_accuracy"] or 0.0) <= 2 * chance:
+                problems.append(
+                    f"{label} seed {seed}: final accuracy {summary['final_accuracy']:.4f} is at chance "
+                    f"(<= {2 * chance:.2f})"
+                )
+    if done:
+        md = write_report(out_dir, suite.name, done, machine_description())
+        print(md)
+        print(f"report: {(out_dir / 'report.md').resolve()}")
+    for p in problems:
+        print(f"PROBLEM: {p}")
+    return 1 if problems else 0
+

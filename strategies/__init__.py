@@ -1,0 +1,46 @@
+"""Server-side strategies, built by name from the experiment config.
+
+fedavg / fedprox: Flower's own, as they are. feddyn: written here (Flower lacks it).
+local / centralized: the reference runs that bound every comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
+from torch import nn
+
+from fedgen.config import ExperimentConfig
+from fedgen.data import Federation
+from strategies.centralized import Centralized
+from strategies.feddyn import FedDyn
+from strategies.local import LocalOnly
+
+STRATEGIES = ("fedavg", "fedprox", "feddyn", "local", "centralized")
+
+
+def build_strategy(
+    cfg: ExperimentConfig, fed: Federation, model_fn: Callable[[], nn.Module], device: torch.device
+) -> Strategy:
+    s = cfg.strategy
+    sampling = dict(
+        fraction_train=s.fraction_train,
+        fraction_evaluate=s.fraction_evaluate,
+        min_train_nodes=s.min_train_clients,
+        min_evaluate_nodes=1 if s.fraction_evaluate > 0 else 0,
+        min_available_nodes=cfg.data.num_clients,
+    )
+    if s.name == "fedavg":
+        return FedAvg(**sampling)
+    if s.name == "fedprox":
+        return FedProx(proximal_mu=s.proximal_mu, **sampling)
+    if s.name == "feddyn":
+        keys = {k for k, _ in model_fn().named_parameters()}
+        return FedDyn(alpha=s.feddyn_alpha, num_clients=cfg.data.num_clients, param_keys=keys, **sampling)
+    if s.name == "local":
+        return LocalOnly(fed, model_fn, cfg.train, device, cfg.seed)
+    if s.name == "centralized":
+        return Centralized(fed, model_fn, cfg.train, device, cfg.seed)
+    raise ValueError(f"unknown strategy.name {s.name!r}")  # pragma: no cover - the schema closes the choice

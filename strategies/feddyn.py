@@ -1,0 +1,67 @@
+"""FedDyn strategy (Acar et al., "Federated Learning Based on Dynamic Regularization", ICLR 2021).
+
+Algorithm (server side, each round t):
+    1. sample clients; send theta^{t-1} and alpha (config 'feddyn-alpha')
+    2. each client minimises L_k(theta) - <g_k, theta> + alpha/2 ||theta - theta^{t-1}||^2 and updates its g_k
+    3. h^t = h^{t-1} - alpha/m * sum_k (theta_k^t - theta^{t-1});  theta^t = mean_k theta_k^t - h^t / alpha
+The math is in :mod:`fedgen.feddyn`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedgen import feddyn
+
+
+class FedDyn(FedAvg):
+    """FedDyn on top of Flower's FedAvg sampling and reply checks.
+
+    Parameters
+    ----------
+    alpha : float
+        The dynamic regulariser's weight (the paper uses 0.1, 0.01, 0.001).
+    num_clients : int
+        m, the number of clients in the federation (the server correction divides by it).
+    param_keys : set of str
+        The state-dict keys that are trainable parameters; other entries (e.g. BatchNorm statistics) are averaged.
+    **kwargs
+        Passed to :class:`flwr.serverapp.strategy.FedAvg`.
+    """
+
+    def __init__(self, alpha: float, num_clients: int, param_keys: Iterable[str], **kwargs) -> None:
+        super().__init__(**kwargs)
+        if alpha <= 0:
+            raise ValueError("FedDyn alpha must be positive")
+        self.alpha = alpha
+        self.num_clients = num_clients
+        self.param_keys = set(param_keys)
+        self.h: dict[str, torch.Tensor] = {}
+        self._global: dict[str, torch.Tensor] = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._global = arrays.to_torch_state_dict()
+        if not self.h:
+            self.h = {
+                k: torch.zeros_like(v, dtype=torch.float64) for k, v in self._global.items() if k in self.param_keys
+            }
+        config["feddyn-alpha"] = self.alpha
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        contents = [m.content for m in valid]
+        clients = [c[self.arrayrecord_key].to_torch_state_dict() for c in contents]
+        new_global, self.h = feddyn.server_update(self._global, clients, self.h, self.alpha, self.num_clients)
+        return ArrayRecord(new_global), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
