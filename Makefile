@@ -1,0 +1,42 @@
+# Each target sets itself up: `make run` and `make test` work on a fresh clone.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SUITE  ?= simulations/configs/suite_default.yaml
+export HF_HUB_OFFLINE ?= 1
+export RAY_TMPDIR ?= /tmp/fedgen-ray
+export MPLBACKEND ?= Agg
+
+.PHONY: install run test test-fast compare compare-ci lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: install   ## the default strategy comparison on the embedded benchmark
+	@mkdir -p $(RAY_TMPDIR)
+	$(VENV)/bin/fedgen compare $(SUITE) --out runs/compare-default
+
+compare: install   ## make compare SUITE=path/to/suite.yaml
+	@mkdir -p $(RAY_TMPDIR)
+	$(VENV)/bin/fedgen compare $(SUITE)
+
+compare-ci: install
+	@mkdir -p $(RAY_TMPDIR)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_ci.yaml --out runs/compare-ci --check
+
+test: install
+	@mkdir -p $(RAY_TMPDIR)
+	$(PY) -m pytest -q
+
+test-fast: install   ## everything but the end-to-end Ray runs
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs .pytest_cache

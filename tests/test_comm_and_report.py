@@ -1,0 +1,63 @@
+import json
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedgen.comm import DOWN, UP, ByteLedger, record_bytes
+from fedgen.report import aggregate, write_report
+
+
+def test_record_bytes_counts_payload_and_keys():
+    arr = np.zeros((10, 10), dtype=np.float32)
+    content = RecordDict({"arrays": ArrayRecord([arr]), "metrics": MetricRecord({"num-examples": 5})})
+    n = record_bytes(content)
+    assert 400 < n < 700  # 400 bytes of float32 plus a small numpy header, the keys and one 8-byte scalar
+    bigger = RecordDict({"arrays": ArrayRecord([np.zeros((20, 10), dtype=np.float32)]),
+                         "metrics": MetricRecord({"num-examples": 5})})
+    assert record_bytes(bigger) - n == 400
+    assert record_bytes(RecordDict({"config": ConfigRecord({"x": "abcd"})})) == len("config") + 1 + 4
+
+
+def test_ledger_totals_by_round_client_and_direction():
+    ledger = ByteLedger()
+    ledger.add(1, 0, UP, 100)
+    ledger.add(1, 1, UP, 50)
+    ledger.add(1, 0, DOWN, 70)
+    ledger.add(2, 0, UP, 10, tier="edge-cloud")
+    assert ledger.total(UP) == 160 and ledger.total(UP, round=1) == 150 and ledger.total(DOWN) == 70
+    assert ledger.total(UP, tier="edge-cloud") == 10
+    assert ledger.per_client(UP) == {0: 110, 1: 50}
+    with pytest.raises(ValueError):
+        ledger.add(1, 0, "sideways", 1)
+    with pytest.raises(ValueError):
+        ledger.add(1, 0, UP, -1)
+
+
+def test_aggregate_over_seeds():
+    agg = aggregate([
+        {"final_accuracy": 0.5, "best_accuracy": 0.6, "bytes_up": 10, "bytes_down": 20, "wall_seconds": 1},
+        {"final_accuracy": 0.7, "best_accuracy": 0.8, "bytes_up": 10, "bytes_down": 20, "wall_seconds": 3},
+    ])
+    assert agg["final_accuracy"] == pytest.approx((0.6, 0.1))
+    assert agg["bytes_up"] == (10.0, 0.0)
+
+
+def test_report_from_run_folders(tmp_path):
+    runs = {}
+    for label, acc in [("A", 0.5), ("B", 0.9)]:
+        runs[label] = {}
+        for seed in (0, 1):
+            d = tmp_path / label / f"seed{seed}"
+            d.mkdir(parents=True)
+            summary = {"status": "finished", "final_accuracy": acc + seed / 100, "best_accuracy": acc + 0.05,
+                       "bytes_up": 1e6, "bytes_down": 2e6, "wall_seconds": 10.0}
+            (d / "summary.json").write_text(json.dumps(summary))
+            rows = [{"round": r, "accuracy": acc * r / 2} for r in range(3)]
+            (d / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+            runs[label][seed] = d
+    md = write_report(tmp_path, "demo", runs, "test machine")
+    assert "| B | 0.9050 ± 0.0050 |" in md and "mean ± std over 2 seeds" in md
+    for name in ("report.md", "report.csv", "accuracy.png", "bytes_vs_accuracy.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert len((tmp_path / "report.csv").read_text().splitlines()) == 5

@@ -1,0 +1,67 @@
+import pytest
+
+from fedgen.config import ConfigError, apply_overrides, load_config, load_suite, validate
+
+CONFIGS = "simulations/configs"
+
+
+def test_defaults_validate():
+    cfg = validate({})
+    assert cfg.data.dataset == "digits-domains" and cfg.strategy.name == "fedavg"
+
+
+@pytest.mark.parametrize(
+    "tree, key",
+    [
+        ({"data": {"bogus": 1}}, "data.bogus: unknown key"),
+        ({"rounds": "many"}, "rounds: Input should be a valid integer"),
+        ({"rounds": 0}, "rounds: Input should be greater than 0"),
+        ({"data": {"partition": {"alpha": 0}}}, "data.partition.alpha: Input should be greater than 0"),
+        ({"data": {"partition": {"kind": "zipf"}}}, "data.partition.kind"),
+        ({"strategy": {"name": "fedsgd"}}, "strategy.name"),
+        ({"data": {"dataset": "folder"}}, "data.path is required"),
+        ({"strategy": {"min_train_clients": 7}}, "exceeds data.num_clients=6"),
+        ({"strategy": {"fraction_train": 0.1, "min_train_clients": 2}}, "fewer than strategy.min_train_clients"),
+    ],
+)
+def test_bad_values_name_the_key(tree, key):
+    with pytest.raises(ConfigError) as err:
+        validate(tree)
+    assert key in str(err.value)
+
+
+def test_overrides_are_parsed_as_yaml_and_nested():
+    tree = apply_overrides({"data": {"num_clients": 6}}, ["data.partition.alpha=0.1", "rounds=3", "ray.address=auto"])
+    cfg = validate(tree)
+    assert cfg.data.partition.alpha == 0.1 and cfg.rounds == 3 and cfg.ray.address == "auto"
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        apply_overrides({}, ["rounds"])
+    with pytest.raises(ConfigError, match="'rounds' is not a section"):
+        apply_overrides({"rounds": 3}, ["rounds.x=1"])
+
+
+def test_load_config_from_file_and_missing_file(tmp_path):
+    cfg = load_config(f"{CONFIGS}/digits_domains.yaml", ["strategy.name=feddyn"])
+    assert cfg.strategy.name == "feddyn" and cfg.data.partition.kind == "domain"
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(bad)
+
+
+def test_json_round_trip():
+    cfg = validate({"seed": 7, "strategy": {"name": "fedprox", "proximal_mu": 0.1}})
+    assert type(cfg).from_json(cfg.to_json()) == cfg
+
+
+def test_suites_validate_every_run_up_front(tmp_path):
+    suite, runs = load_suite(f"{CONFIGS}/suite_default.yaml")
+    assert set(runs) == {"Local", "FedAvg", "FedProx", "FedDyn", "Centralized"}
+    assert {r[0].strategy.name for r in runs.values()} == {"local", "fedavg", "fedprox", "feddyn", "centralized"}
+    (tmp_path / "base.yaml").write_text("rounds: 2\n")
+    (tmp_path / "suite.yaml").write_text("base: base.yaml\nseeds: [0, 1]\nmethods:\n  A: [strategy.name=fedavg]\n"
+                                         "  B: [strategy.proximal_mu=-1]\n")
+    with pytest.raises(ConfigError, match="(?s)method 'B' seed 0.*strategy.proximal_mu"):
+        load_suite(tmp_path / "suite.yaml")

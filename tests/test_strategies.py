@@ -1,0 +1,126 @@
+"""Every strategy against the real ClientApp, in process (the fast path)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from inprocess import InProcessGrid
+
+from clients.app import app
+from fedgen.data import load_federation
+from fedgen.models import build_model
+from simulations.server_app import run_experiment
+
+CONTRACT = ["config.yaml", "rounds.csv", "rounds.jsonl", "summary.json", "accuracy.png", "bytes.csv"]
+
+
+def _run(cfg, tmp_path, name="run"):
+    out = tmp_path / name
+    summary = run_experiment(InProcessGrid(app, cfg.data.num_clients), cfg, out)
+    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    return summary, rows, out
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "feddyn", "local", "centralized"])
+def test_strategy_learns_and_writes_the_contract(name, tiny_cfg, tmp_path):
+    cfg = tiny_cfg(strategy={"name": name})
+    summary, rows, out = _run(cfg, tmp_path)
+    for f in CONTRACT:
+        assert (out / f).stat().st_size > 0, f
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert summary["status"] == "finished" and summary["rounds"] == 2
+    assert summary["final_accuracy"] > 0.5  # chance is 0.1
+    assert rows[0]["accuracy"] < 0.2  # untrained
+    with open(out / "rounds.csv") as f:
+        assert next(csv.reader(f)) == ["round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds"]
+    for key in ("strategy", "dataset", "partition", "num_clients", "rounds", "seed", "final_accuracy",
+                "best_accuracy", "bytes_up", "bytes_down", "wall_seconds"):
+        assert key in summary
+    if name in ("local", "centralized"):
+        assert summary["bytes_up"] == summary["bytes_down"] == 0
+    else:
+        assert (out / "model.pt").exists()
+
+
+def test_bytes_are_counted_per_client_and_round(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(strategy={"name": "fedavg"})
+    summary, rows, out = _run(cfg, tmp_path)
+    fed = load_federation(cfg.data, cfg.seed)
+    model_bytes = ArrayRecord(build_model("cnn", fed.num_classes).state_dict()).count_bytes()
+    for r in rows[1:]:
+        # each of the 3 clients gets the model and sends one back, plus small config / metric records
+        assert 3 * model_bytes <= r["bytes_up"] < 3 * model_bytes + 3 * 1_000
+        assert 3 * model_bytes <= r["bytes_down"] < 3 * model_bytes + 3 * 4_000
+    with open(out / "bytes.csv") as f:
+        entries = list(csv.DictReader(f))
+    assert {int(e["client"]) for e in entries} == {0, 1, 2}
+    up_round1 = [e for e in entries if e["round"] == "1" and e["direction"] == "up"]
+    assert len(up_round1) == 3 and all(e["kind"] == "train" for e in up_round1)
+    assert summary["bytes_up"] == sum(int(e["bytes"]) for e in entries if e["direction"] == "up")
+
+
+def test_seeded_runs_repeat_exactly_including_client_sampling(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(data={"num_clients": 4}, strategy={"fraction_train": 0.5, "min_train_clients": 2}, rounds=3)
+
+    def sampled(out):
+        with open(out / "bytes.csv") as f:
+            return [(e["round"], e["client"]) for e in csv.DictReader(f) if e["kind"] == "train"]
+
+    _, rows_a, out_a = _run(cfg, tmp_path, "a")
+    _, rows_b, out_b = _run(cfg, tmp_path, "b")
+    _, rows_c, out_c = _run(cfg.model_copy(update={"seed": 5}), tmp_path, "c")
+    assert [r["accuracy"] for r in rows_a] == [r["accuracy"] for r in rows_b]
+    assert sampled(out_a) == sampled(out_b)
+    assert len(sampled(out_a)) == 2 * 2 * 3  # 2 of 4 clients per round, a message each way, 3 rounds
+    assert sampled(out_a) != sampled(out_c) or rows_a != rows_c
+
+
+def test_feddyn_keeps_client_state_and_fedprox_sends_mu(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(strategy={"name": "feddyn", "feddyn_alpha": 0.05})
+    grid = InProcessGrid(app, 3)
+    run_experiment(grid, cfg, tmp_path / "dyn")
+    assert all("feddyn-grad" in ctx.state.array_records for ctx in grid.contexts.values())
+    sent = [m for m in grid.delivered if m.metadata.message_type == MessageType.TRAIN]
+    assert all(m.content["config"]["feddyn-alpha"] == 0.05 for m in sent)
+
+    cfg = tiny_cfg(strategy={"name": "fedprox", "proximal_mu": 0.3})
+    grid = InProcessGrid(app, 3)
+    run_experiment(grid, cfg, tmp_path / "prox")
+    sent = [m for m in grid.delivered if m.metadata.message_type == MessageType.TRAIN]
+    assert sent and all(m.content["config"]["proximal-mu"] == 0.3 for m in sent)
+
+
+def test_query_answers_partition_and_label_histogram(tiny_cfg):
+    cfg = tiny_cfg()
+    grid = InProcessGrid(app, 3)
+    node = list(grid.get_node_ids())[2]
+    msg = Message(RecordDict({"config": ConfigRecord({"experiment": cfg.to_json()})}), dst_node_id=node,
+                  message_type=MessageType.QUERY)
+    (reply,) = grid.send_and_receive([msg])
+    metrics = reply.content["metrics"]
+    train, _ = load_federation(cfg.data, cfg.seed).client(2)
+    assert metrics["partition-id"] == 2 and metrics["num-examples"] == len(train)
+    assert list(metrics["label-histogram"]) == list(np.bincount(train.labels, minlength=10))
+    assert set(reply.content.keys()) == {"metrics"}  # no data leaves
+
+
+def test_federated_evaluation_on_local_test_splits(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(strategy={"fraction_evaluate": 1.0})
+    grid = InProcessGrid(app, 3)
+    run_experiment(grid, cfg, tmp_path / "ev")
+    replies = [m for m in grid.delivered if m.metadata.message_type == MessageType.EVALUATE]
+    assert len(replies) == 3 * cfg.rounds
+
+
+def test_a_client_that_cannot_start_stops_the_run_with_a_clear_message(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(data={"num_clients": 4}, strategy={"min_train_clients": 2})
+    grid = InProcessGrid(app, 4)
+    bad_node = list(grid.get_node_ids())[0]
+    grid.contexts[bad_node].node_config["partition-id"] = 99  # this client cannot find its data
+    with pytest.raises(RuntimeError, match="only 3 of 4 clients answered"):
+        run_experiment(grid, cfg, tmp_path / "bad")
+    summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["failures"][0]["client"] == -1
+    assert "partition-id 99" in summary["failures"][0]["reason"]
