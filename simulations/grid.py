@@ -1,8 +1,11 @@
-"""A Grid wrapper that accounts for every message and knows which partition each node holds.
+"""A Grid wrapper: byte accounting, reply validation and partition discovery, for every strategy alike.
 
-Every strategy talks to clients through the Grid, so counting here covers Flower's own strategies unchanged.
-Node ids are random per run; ordering nodes (and replies) by partition id makes seeded client sampling and
-aggregation order reproducible.
+Every strategy talks to clients through the Grid, so what is done here covers Flower's own strategies unchanged:
+- every message each way is counted in the run's ByteLedger;
+- every reply is checked with :func:`fedgen.validation.check_reply`; an error reply, a rejected reply or a missing
+  one (timeout) is logged and recorded in ``failures`` and never reaches the strategy;
+- node ids are random per run; ordering nodes (and replies) by partition id makes seeded client sampling and
+  aggregation order reproducible.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from fedgen.comm import DOWN, UP, ByteLedger, record_bytes
+from fedgen.validation import check_reply
 
 log = getLogger("fedgen")
 UNKNOWN = -1
@@ -25,8 +29,9 @@ class AccountedGrid(Grid):
         self.inner = inner
         self.ledger = ledger
         self.partition_of: dict[int, int] = {}
+        self.max_examples: dict[int, int] = {}
         self.failures: list[dict] = []
-        self._round_of_node: dict[int, int] = {}
+        self._unattributed: list[tuple] = []  # bytes moved before a node's partition was known
 
     # --- plain delegation ----------------------------------------------------------------------------------------
     def set_run(self, run) -> None:
@@ -43,50 +48,65 @@ class AccountedGrid(Grid):
         ids = list(self.inner.get_node_ids())
         return sorted(ids, key=lambda n: (self.partition_of.get(n, 1 << 62), n))
 
-    # --- accounting ----------------------------------------------------------------------------------------------
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError("use send_and_receive: replies are validated against the messages they answer")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError("use send_and_receive: replies are validated against the messages they answer")
+
+    # --- accounting and validation -------------------------------------------------------------------------------
     def _client(self, node_id: int) -> int:
         return self.partition_of.get(node_id, UNKNOWN)
 
-    def _sent(self, messages: list[Message]) -> None:
-        for m in messages:
-            cfg = m.content.config_records.get("config", ConfigRecord())
-            rnd = int(cfg.get("server-round", 0))
-            self._round_of_node[m.metadata.dst_node_id] = rnd
-            self.ledger.add(rnd, self._client(m.metadata.dst_node_id), DOWN, record_bytes(m.content),
-                            kind=m.metadata.message_type)
+    def _account(self, rnd: int, node_id: int, direction: str, content: RecordDict, kind: str) -> None:
+        entry = (rnd, node_id, direction, record_bytes(content), kind)
+        if node_id in self.partition_of:
+            self._flush([entry])
+        else:
+            self._unattributed.append(entry)
 
-    def _received(self, replies: list[Message]) -> list[Message]:
-        for r in replies:
-            src = r.metadata.src_node_id
-            rnd = self._round_of_node.get(src, 0)
-            if r.has_error():
-                self.failures.append(
-                    {"round": rnd, "client": self._client(src), "kind": r.metadata.message_type,
-                     "reason": r.error.reason}
-                )
-                log.warning("round %s: client %s failed: %s", rnd, self._client(src), r.error.reason)
-                continue
-            self.ledger.add(rnd, self._client(src), UP, record_bytes(r.content), kind=r.metadata.message_type)
-        return sorted(replies, key=lambda r: (self._client(r.metadata.src_node_id), r.metadata.src_node_id))
+    def _flush(self, entries: list[tuple]) -> None:
+        for rnd, node_id, direction, nbytes, kind in entries:
+            self.ledger.add(rnd, self._client(node_id), direction, nbytes, kind=kind)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        messages = list(messages)
-        self._sent(messages)
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._received(list(self.inner.pull_messages(message_ids)))
+    def _fail(self, rnd: int, node_id: int, kind: str, reason: str) -> None:
+        self.failures.append({"round": rnd, "client": self._client(node_id), "kind": kind, "reason": reason})
+        log.warning("round %s: reply of client %s rejected: %s", rnd, self._client(node_id), reason)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Send, wait, and return the valid replies ordered by partition id."""
         messages = list(messages)
         if not messages:
             return []
-        self._sent(messages)
-        return self._received(list(self.inner.send_and_receive(messages, timeout=timeout)))
+        sent = {m.metadata.dst_node_id: m for m in messages}
+        rounds = {}
+        for m in messages:
+            cfg = m.content.config_records.get("config", ConfigRecord())
+            rounds[m.metadata.dst_node_id] = rnd = int(cfg.get("server-round", 0))
+            self._account(rnd, m.metadata.dst_node_id, DOWN, m.content, m.metadata.message_type)
+        valid = []
+        for r in self.inner.send_and_receive(messages, timeout=timeout):
+            src = r.metadata.src_node_id
+            out = sent.pop(src, None)
+            if out is None:
+                continue  # a stale reply to an earlier message
+            kind, rnd = out.metadata.message_type, rounds[src]
+            if r.has_error():
+                self._fail(rnd, src, kind, f"client error: {r.error.reason}")
+                continue
+            self._account(rnd, src, UP, r.content, kind)
+            problems = check_reply(out.content, r.content, kind, self.max_examples.get(self._client(src)))
+            if problems:
+                self._fail(rnd, src, kind, "invalid reply: " + "; ".join(problems))
+                continue
+            valid.append(r)
+        for node_id, out in sent.items():
+            self._fail(rounds[node_id], node_id, out.metadata.message_type, f"no reply within {timeout} s")
+        return sorted(valid, key=lambda r: (self._client(r.metadata.src_node_id), r.metadata.src_node_id))
 
     # --- discovery -----------------------------------------------------------------------------------------------
     def discover(self, experiment_json: str, expected: int, timeout: float) -> dict[int, MetricRecord]:
-        """Wait for ``expected`` nodes, ask each for its partition id and label histogram (round 0).
+        """Wait for ``expected`` nodes, ask each for its partition id, size and label histogram (round 0).
 
         Returns the query metrics by partition id.
         """
@@ -100,15 +120,16 @@ class AccountedGrid(Grid):
             Message(content=RecordDict({"config": config}), message_type=MessageType.QUERY, dst_node_id=n)
             for n in ids
         ]
-        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
         found: dict[int, MetricRecord] = {}
-        for reply in replies:
-            if not reply.has_error():
-                metrics = reply.content["metrics"]
-                self.partition_of[reply.metadata.src_node_id] = int(metrics["partition-id"])
-                found[int(metrics["partition-id"])] = metrics
-        self._sent(messages)  # accounted once partitions are known
-        self._received(replies)
+        for reply in self.send_and_receive(messages, timeout=timeout):
+            metrics = reply.content["metrics"]
+            pid = int(metrics["partition-id"])
+            self.partition_of[reply.metadata.src_node_id] = pid
+            self.max_examples[pid] = int(metrics["num-examples"])
+            found[pid] = metrics
+        self._flush(self._unattributed)
+        self._unattributed = []
         if len(found) < expected:
-            raise RuntimeError(f"only {len(found)} of {expected} clients answered the partition query")
+            reasons = "; ".join(f["reason"] for f in self.failures if f["round"] == 0)
+            raise RuntimeError(f"only {len(found)} of {expected} clients answered the partition query: {reasons}")
         return found
