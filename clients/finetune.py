@@ -2,7 +2,7 @@
 
 Train replies carry the updated weights ('arrays') and 'metrics' with 'train-loss' and 'num-examples'.
 The server's config may ask for FedProx ('proximal-mu') or FedDyn ('feddyn-alpha'); FedDyn's per-client
-gradient state stays on the client, in ``context.state``.
+gradient state stays on the client (:mod:`clients.state`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
+from clients import state as client_state
 from clients.common import client_data, server_round
 from fedgen import feddyn
 from fedgen.models import build_model
@@ -39,19 +40,15 @@ def train(msg: Message, context: Context) -> Message:
         penalties.append(proximal_penalty(global_params, mu))
     alpha = float(config.get("feddyn-alpha", 0.0))
     if alpha > 0:
-        state = context.state.array_records.get(FEDDYN_STATE)
-        grads = (
-            [t.to(device) for t in state.to_torch_state_dict().values()]
-            if state is not None
-            else [torch.zeros_like(p) for p in global_params]
-        )
+        saved = client_state.load(msg, context, FEDDYN_STATE, pid)
+        grads = [t.to(device) for t in saved] if saved else [torch.zeros_like(p) for p in global_params]
         penalties.append(feddyn.client_penalty(global_params, grads, alpha))
     seed = client_seed(cfg.seed, server_round(msg), pid)
     result = train_model(model, data, cfg.train, device, seed=seed, penalties=penalties)
     if alpha > 0:
         local = [p.detach() for p in model.parameters()]
         grads = feddyn.client_state_update(grads, local, global_params, alpha)
-        context.state[FEDDYN_STATE] = ArrayRecord({str(i): g.cpu() for i, g in enumerate(grads)})
+        client_state.save(msg, context, FEDDYN_STATE, pid, grads)
     reply = RecordDict(
         {
             "arrays": ArrayRecord(model.cpu().state_dict()),

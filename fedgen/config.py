@@ -98,6 +98,8 @@ class StrategyConfig(_Section):
     """FedProx proximal weight."""
     feddyn_alpha: PositiveFloat = 0.01
     """FedDyn regulariser weight."""
+    round_timeout_s: PositiveFloat = 3600.0
+    """A client that has not replied this long after a round's messages went out counts as failed for the round."""
 
 
 class RayConfig(_Section):

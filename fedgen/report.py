@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedgen.results import plot_lines
+from fedgen.results import plot_lines, read_rounds
 
 COLUMNS = ["final_accuracy", "best_accuracy", "bytes_up", "bytes_down", "wall_seconds"]
 
@@ -28,11 +28,6 @@ def _cell(mean: float, std: float, n: int, fmt: str) -> str:
 
 def _mb(x: float) -> float:
     return x / 1e6
-
-
-def read_rounds(run_dir: Path) -> list[dict]:
-    path = run_dir / "rounds.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], machine: str) -> str:

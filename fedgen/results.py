@@ -47,24 +47,39 @@ def plot_lines(path: Path, series: dict[str, tuple[list, list]], xlabel: str, yl
     plt.close(fig)
 
 
+def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "rounds.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 class RunRecorder:
     """Writes one run's folder as rounds complete."""
 
-    def __init__(self, out_dir: str | Path, cfg: ExperimentConfig, ledger: ByteLedger) -> None:
+    def __init__(
+        self, out_dir: str | Path, cfg: ExperimentConfig, ledger: ByteLedger, rows: list[dict] = (),
+        elapsed: float = 0.0,
+    ) -> None:
+        """Start a run folder; a resumed run passes the rows and seconds it already had."""
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
         self.ledger = ledger
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = list(rows)
         self.extras: dict[str, Any] = {}
-        self._t0 = time.perf_counter()
-        self._last = self._t0
+        self._t0 = time.perf_counter() - elapsed
+        self._last = time.perf_counter()
         (self.dir / "config.yaml").write_text(dump_yaml(cfg))
-        for name in ("rounds.jsonl", "rounds.csv"):
-            (self.dir / name).unlink(missing_ok=True)
+        with open(self.dir / "rounds.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.rows)
         with open(self.dir / "rounds.csv", "w", newline="") as f:
-            csv.writer(f).writerow(ROUND_COLUMNS)
+            w = csv.writer(f)
+            w.writerow(ROUND_COLUMNS)
+            w.writerows([r[c] for c in ROUND_COLUMNS] for r in self.rows)
         self._write_summary("running")
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
 
     def record_round(self, rnd: int, accuracy: float, loss: float, **extra: Any) -> dict[str, Any]:
         """Append one round's row (bytes of that round from the ledger) and flush it to disk."""
@@ -101,7 +116,7 @@ class RunRecorder:
             "best_accuracy": max(accs) if accs else None,
             "bytes_up": self.ledger.total(UP),
             "bytes_down": self.ledger.total("down"),
-            "wall_seconds": round(time.perf_counter() - self._t0, 3),
+            "wall_seconds": round(self.elapsed, 3),
             "status": status,
             **self.extras,
         }

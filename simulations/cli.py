@@ -1,6 +1,7 @@
 """The `fedgen` command line.
 
 fedgen run CONFIG.yaml [--set key=value ...] [--out DIR] [--verbose]
+fedgen run --resume DIR                              continue an interrupted run from its last round
 fedgen compare SUITE.yaml [--out DIR] [--check] [--verbose]
 fedgen check CONFIG.yaml [--set key=value ...]      validate only
 fedgen domains [--out PNG]                          draw the digits-domains grid
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from fedgen.config import ConfigError, load_config
 
@@ -18,9 +20,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedgen", description="Generative-model-assisted federated learning on Flower.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run one experiment in Flower's simulation engine (Ray)")
-    r.add_argument("config")
+    r.add_argument("config", nargs="?")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     r.add_argument("--out", help="run folder (default runs/<name>-<strategy>-s<seed>-<time>)")
+    r.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (its config.yaml)")
     r.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
     c = sub.add_parser("compare", help="run a comparison suite and write its report")
     c.add_argument("suite")
@@ -42,9 +45,16 @@ def main(argv: list[str] | None = None) -> int:
             from simulations.runner import run
             from simulations.server_app import default_out_dir
 
-            cfg = load_config(args.config, args.overrides)
-            out = args.out or default_out_dir(cfg)
-            summary = run(cfg, out, verbose=args.verbose)
+            if args.resume:
+                if args.config or args.overrides or args.out:
+                    raise ConfigError("--resume DIR takes the run's own config.yaml: give no CONFIG, --set or --out")
+                cfg, out = load_config(Path(args.resume) / "config.yaml"), args.resume
+            elif args.config:
+                cfg = load_config(args.config, args.overrides)
+                out = args.out or default_out_dir(cfg)
+            else:
+                raise ConfigError("fedgen run needs a CONFIG.yaml or --resume DIR")
+            summary = run(cfg, out, verbose=args.verbose, resume=bool(args.resume))
             print(f"final accuracy {summary['final_accuracy']:.4f}; results in {out}")
         elif args.command == "compare":
             from simulations.compare import compare

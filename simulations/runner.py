@@ -44,8 +44,11 @@ def quiet_flower(verbose: bool) -> None:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
-def run(cfg: ExperimentConfig, out_dir: str | Path, verbose: bool = False) -> dict:
-    """Validate, then simulate ``cfg`` with ``data.num_clients`` virtual SuperNodes; returns the summary."""
+def run(cfg: ExperimentConfig, out_dir: str | Path, verbose: bool = False, resume: bool = False) -> dict:
+    """Validate, then simulate ``cfg`` with ``data.num_clients`` virtual SuperNodes; returns the summary.
+
+    With ``resume``, continue the run in ``out_dir`` from its last completed round.
+    """
     check_runnable(cfg)
     from flwr.simulation import run_simulation
 
@@ -55,7 +58,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path, verbose: bool = False) -> di
     out_dir = Path(out_dir)
     quiet_flower(verbose)
     run_simulation(
-        server_app=make_server_app(cfg, out_dir),
+        server_app=make_server_app(cfg, out_dir, resume=resume),
         client_app=client_app,
         num_supernodes=cfg.data.num_clients,
         backend_name="ray",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import shlex
 import time
+from dataclasses import asdict
 from datetime import datetime
 from logging import getLogger
 from pathlib import Path
@@ -20,19 +21,21 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from clients.state import CLIENT_STATE_DIR
+from fedgen import checkpoint
 from fedgen.comm import ByteLedger
 from fedgen.config import ExperimentConfig, load_config
 from fedgen.data import load_federation
 from fedgen.models import build_model
-from fedgen.results import RunRecorder
+from fedgen.results import RunRecorder, read_rounds
 from fedgen.train import evaluate, resolve_device
 from simulations.grid import AccountedGrid
+from simulations.loop import run_rounds
 from strategies import build_strategy
 from strategies.local import LocalOnly
 from strategies.server_side import ServerSideTraining
 
 log = getLogger("fedgen")
-DISCOVERY_TIMEOUT_S = 600.0
 
 
 def _fmt_bytes(n: float) -> str:
@@ -54,8 +57,13 @@ def default_out_dir(cfg: ExperimentConfig) -> Path:
     return Path("runs") / f"{cfg.name}-{cfg.strategy.name}-s{cfg.seed}-{stamp}"
 
 
-def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path) -> dict:
-    """Run one experiment to completion over ``grid``; returns the summary."""
+def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> dict:
+    """Run one experiment over ``grid`` to completion (or, with ``resume``, from its last checkpoint).
+
+    After every round: a row in the results, and a checkpoint (global model, strategy state, RNG, byte ledger) from
+    which ``resume`` continues exactly.
+    """
+    out_dir = Path(out_dir)
     seed_everything(cfg.seed)
     fed = load_federation(cfg.data, cfg.seed)
     device = resolve_device(cfg.device)
@@ -64,23 +72,35 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path) -> di
         return build_model(cfg.model.name, fed.num_classes, cfg.model.norm, fed.image_shape[-1])
 
     model = model_fn()  # first draw after seeding: every method starts from the same initial model
-    initial = ArrayRecord(model.state_dict())
+    arrays = ArrayRecord(model.state_dict())
     ledger = ByteLedger()
     grid = AccountedGrid(grid, ledger)
-    recorder = RunRecorder(out_dir, cfg, ledger)
     strategy = build_strategy(cfg, fed, model_fn, device)
+    first_round, rows, elapsed = 1, [], 0.0
+    if resume:
+        ckpt = checkpoint.load(out_dir)
+        first_round = ckpt["round"] + 1
+        arrays = ArrayRecord(ckpt["arrays"])
+        if hasattr(strategy, "load_state_dict"):
+            strategy.load_state_dict(ckpt["strategy"])
+        ledger.restore(ckpt["ledger"])
+        grid.failures.extend(ckpt["failures"])
+        rows = [r for r in read_rounds(out_dir) if r["round"] <= ckpt["round"]]
+        elapsed = ckpt["wall_seconds"]
+        print(f"[{cfg.strategy.name} seed={cfg.seed}] resuming {out_dir} after round {ckpt['round']}", flush=True)
+    recorder = RunRecorder(out_dir, cfg, ledger, rows=rows, elapsed=elapsed)
     experiment_json = cfg.to_json()
     t_round = time.perf_counter()
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def after_round(server_round: int, arrays: ArrayRecord, extras: dict) -> None:
         nonlocal t_round
-        if hasattr(strategy, "evaluate_global"):
+        if isinstance(strategy, LocalOnly):
             metrics = strategy.evaluate_global(server_round, arrays, cfg.train.eval_batch_size)
         else:
             model.load_state_dict(arrays.to_torch_state_dict())
             loss, acc = evaluate(model, fed.test, cfg.train.eval_batch_size, device)
             metrics = MetricRecord({"accuracy": acc, "loss": loss})
-        extra = {k: v for k, v in metrics.items() if k not in ("accuracy", "loss")}
+        extra = {**extras, **{k: v for k, v in metrics.items() if k not in ("accuracy", "loss")}}
         row = recorder.record_round(server_round, metrics["accuracy"], metrics["loss"], **extra)
         print(
             f"[{cfg.strategy.name} seed={cfg.seed}] round {server_round:>3}/{cfg.rounds}"
@@ -89,39 +109,53 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path) -> di
             f" | {time.perf_counter() - t_round:.1f} s",
             flush=True,
         )
+        checkpoint.save(
+            out_dir,
+            {
+                "round": server_round,
+                "arrays": arrays.to_torch_state_dict(),
+                "strategy": strategy.state_dict() if hasattr(strategy, "state_dict") else None,
+                "rng": checkpoint.rng_state(),
+                "ledger": [asdict(e) for e in ledger.entries],
+                "failures": list(grid.failures),
+                "wall_seconds": recorder.elapsed,
+            },
+        )
         t_round = time.perf_counter()
-        return metrics
 
+    config = ConfigRecord({"experiment": experiment_json, CLIENT_STATE_DIR: str((out_dir / "client_state").resolve())})
     try:
         if not isinstance(strategy, ServerSideTraining):  # learn which node holds which partition
-            found = grid.discover(experiment_json, cfg.data.num_clients, DISCOVERY_TIMEOUT_S)
+            found = grid.discover(experiment_json, cfg.data.num_clients, cfg.strategy.round_timeout_s)
             recorder.extras["label_histograms"] = {str(k): list(found[k]["label-histogram"]) for k in sorted(found)}
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=cfg.rounds,
-            train_config=ConfigRecord({"experiment": experiment_json}),
-            evaluate_config=ConfigRecord({"experiment": experiment_json}),
-            evaluate_fn=evaluate_fn,
+        if resume:
+            checkpoint.set_rng_state(ckpt["rng"])
+        else:
+            after_round(0, arrays, {})
+        arrays = run_rounds(
+            strategy, grid, arrays, first_round, cfg.rounds, train_config=config, evaluate_config=config,
+            timeout=cfg.strategy.round_timeout_s, min_train_replies=cfg.strategy.min_train_clients,
+            after_round=after_round,
+            failures=lambda rnd: [f"client {f['client']}: {f['reason']}" for f in grid.failures if f["round"] == rnd],
         )
     except BaseException:
         recorder.extras["failures"] = grid.failures
         recorder.finish("failed")
         raise
     if isinstance(strategy, LocalOnly):  # no global model: keep each client's own
-        torch.save(strategy.models, recorder.dir / "client_models.pt")
+        torch.save(strategy.models, out_dir / "client_models.pt")
     else:
-        torch.save(result.arrays.to_torch_state_dict(), recorder.dir / "model.pt")
+        torch.save(arrays.to_torch_state_dict(), out_dir / "model.pt")
     recorder.extras["failures"] = grid.failures
     return recorder.finish("finished")
 
 
-def make_server_app(cfg: ExperimentConfig, out_dir: str | Path) -> ServerApp:
+def make_server_app(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_experiment(grid, cfg, out_dir)
+        run_experiment(grid, cfg, out_dir, resume=resume)
 
     return app
 

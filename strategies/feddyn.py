@@ -44,6 +44,12 @@ class FedDyn(FedAvg):
         self.h: dict[str, torch.Tensor] = {}
         self._global: dict[str, torch.Tensor] = {}
 
+    def state_dict(self) -> dict:
+        return {"h": self.h}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.h = state["h"]
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:

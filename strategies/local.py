@@ -22,6 +22,12 @@ class LocalOnly(ServerSideTraining):
         super().__init__(*args, **kwargs)
         self.models: dict[int, dict] = {}
 
+    def state_dict(self) -> dict:
+        return {"models": self.models}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.models = state["models"]
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         losses = []
         for k in range(self.fed.num_clients):

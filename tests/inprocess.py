@@ -7,6 +7,7 @@ private ``TaskIdentity``, which this helper (and only this helper) sets.
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Iterable
 
@@ -55,16 +56,19 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+    def push_messages(self, messages: Iterable[Message], timeout: float | None = None) -> Iterable[str]:
+        """Run each message through the ClientApp; a reply that took longer than ``timeout`` is lost."""
         ids = []
         for msg in messages:
+            start = time.monotonic()
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # the SuperLink would set it
             self.delivered.append(msg)
             try:
                 reply = self.app(msg, self.contexts[msg.metadata.dst_node_id])
             except Exception as err:  # noqa: BLE001 - a failing client becomes an error reply, as in Flower
                 reply = Message(Error(code=CLIENT_ERROR_CODE, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
-            self._replies[msg.metadata.message_id] = reply
+            if timeout is None or time.monotonic() - start <= timeout:
+                self._replies[msg.metadata.message_id] = reply
             ids.append(msg.metadata.message_id)
         return ids
 
@@ -72,4 +76,4 @@ class InProcessGrid(Grid):
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
+        return self.pull_messages(self.push_messages(messages, timeout))

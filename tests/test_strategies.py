@@ -81,7 +81,8 @@ def test_feddyn_keeps_client_state_and_fedprox_sends_mu(tiny_cfg, tmp_path):
     cfg = tiny_cfg(strategy={"name": "feddyn", "feddyn_alpha": 0.05})
     grid = InProcessGrid(app, 3)
     run_experiment(grid, cfg, tmp_path / "dyn")
-    assert all("feddyn-grad" in ctx.state.array_records for ctx in grid.contexts.values())
+    saved = sorted(f.name for f in (tmp_path / "dyn" / "client_state").iterdir())
+    assert saved == [f"feddyn-grad-p{k}-r{r}.pt" for k in range(3) for r in (1, 2)]  # on the clients' side
     sent = [m for m in grid.delivered if m.metadata.message_type == MessageType.TRAIN]
     assert all(m.content["config"]["feddyn-alpha"] == 0.05 for m in sent)
 

@@ -1,0 +1,37 @@
+"""Checkpoints of a run after each completed round: enough to continue it exactly (RNG included)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save(run_dir: str | Path, state: dict[str, Any]) -> None:
+    """Write atomically: an interruption mid-write leaves the previous checkpoint intact."""
+    path = Path(run_dir) / CHECKPOINT
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no {CHECKPOINT}: it is not a run folder, or no round completed")
+    return torch.load(path, weights_only=False)

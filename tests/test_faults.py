@@ -1,0 +1,146 @@
+"""Faulty clients, malformed replies and resuming, against every strategy that aggregates client replies."""
+
+import json
+import time
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Message
+from flwr.clientapp import ClientApp
+from inprocess import InProcessGrid
+
+from clients import finetune
+from simulations.loop import RoundFailed
+from simulations.server_app import run_experiment
+
+FAULTS = ["raise", "timeout", "nan", "shape", "dtype", "missing", "num-examples"]
+
+
+def faulty_app(faults: dict[int, str], delay: float = 6.0) -> ClientApp:
+    """The real finetune role, but partition k misbehaves in training as ``faults[k]`` says."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        reply = finetune.train(msg, context)
+        fault = faults.get(int(context.node_config["partition-id"]))
+        if fault is None:
+            return reply
+        if fault == "raise":
+            raise RuntimeError("disk on fire")
+        if fault == "timeout":
+            time.sleep(delay)
+            return reply
+        state = reply.content["arrays"].to_torch_state_dict()
+        first = next(iter(state))
+        if fault == "nan":
+            state[first] = torch.full_like(state[first], float("nan"))
+        elif fault == "shape":
+            state[first] = torch.zeros(3, 3)
+        elif fault == "dtype":
+            state[first] = state[first].double()
+        elif fault == "missing":
+            del reply.content["arrays"]
+            return reply
+        elif fault == "num-examples":
+            reply.content["metrics"]["num-examples"] = 10**9
+            return reply
+        reply.content["arrays"] = ArrayRecord(state)
+        return reply
+
+    app.evaluate()(finetune.evaluate)
+    app.query()(finetune.query)
+    return app
+
+
+EXPECTED = {"raise": "disk on fire", "timeout": "no reply within", "nan": "NaN or Inf", "shape": "expected",
+            "dtype": "float64", "missing": "missing record 'arrays'", "num-examples": "exceeds the"}
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "feddyn"])
+def test_bad_clients_are_rejected_and_the_round_completes(strategy, tiny_cfg, tmp_path):
+    """Partition 0 is healthy; partitions 1..7 each fail in one way. Only partition 0's update is aggregated."""
+    faults = dict(enumerate(FAULTS, start=1))
+    cfg = tiny_cfg(rounds=1, data={"num_clients": 8},
+                   strategy={"name": strategy, "min_train_clients": 1, "round_timeout_s": 4.0})
+    summary = run_experiment(InProcessGrid(faulty_app(faults), 8), cfg, tmp_path / "run")
+    assert summary["status"] == "finished" and summary["final_accuracy"] > 0.3
+    got = {f["client"]: f for f in summary["failures"]}
+    assert set(got) == set(faults)
+    for k, fault in faults.items():
+        assert got[k]["round"] == 1 and got[k]["kind"] == "train"
+        assert EXPECTED[fault] in got[k]["reason"], (fault, got[k]["reason"])
+    model = torch.load(tmp_path / "run" / "model.pt")
+    assert all(torch.isfinite(v.float()).all() for v in model.values())
+
+
+def test_below_the_minimum_the_run_stops_with_a_clear_message(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(rounds=2, strategy={"min_train_clients": 3})
+    with pytest.raises(RoundFailed, match=r"round 1: only 2 of 3 sampled clients .*min_train_clients=3.*disk on fire"):
+        run_experiment(InProcessGrid(faulty_app({0: "raise"}), 3), cfg, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["rounds"] == 0  # round 0 (the initial model) was kept
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptingGrid(InProcessGrid):
+    """Dies like a killed server in its ``die_at_call``-th exchange, after delivering the first message only."""
+
+    def __init__(self, *args, die_at_call: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls, self.die_at_call = 0, die_at_call
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.calls += 1
+        if self.calls == self.die_at_call:
+            super().send_and_receive(list(messages)[:1], timeout=timeout)
+            raise Interrupt
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def _interrupted_in_round_3(strategy, cfg, out, monkeypatch):
+    from clients.app import app
+    from strategies.local import LocalOnly
+
+    if strategy == "local":  # sends no messages: die inside round 3's server-side training instead
+        original = LocalOnly.aggregate_train
+
+        def dying(self, server_round, replies):
+            if server_round == 3:
+                raise Interrupt
+            return original(self, server_round, replies)
+
+        monkeypatch.setattr(LocalOnly, "aggregate_train", dying)
+        grid = InProcessGrid(app, cfg.data.num_clients)
+    else:  # exchange 1 is the partition query, then one training exchange per round
+        grid = InterruptingGrid(app, cfg.data.num_clients, die_at_call=4)
+    with pytest.raises(Interrupt):
+        run_experiment(grid, cfg, out)
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("strategy", ["feddyn", "local"])
+def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tiny_cfg, tmp_path, monkeypatch):
+    from clients.app import app
+
+    cfg = tiny_cfg(rounds=3, data={"num_clients": 4},
+                   strategy={"name": strategy, "fraction_train": 0.5, "min_train_clients": 2})
+    whole = run_experiment(InProcessGrid(app, 4), cfg, tmp_path / "whole")
+    _interrupted_in_round_3(strategy, cfg, tmp_path / "cut", monkeypatch)
+    cut = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert cut["status"] == "failed" and cut["rounds"] == 2
+    # a new federation (new node ids, fresh client contexts): client state must come from the clients' disks
+    resumed = run_experiment(InProcessGrid(app, 4, seed=9), cfg, tmp_path / "cut", resume=True)
+    name = "client_models.pt" if strategy == "local" else "model.pt"
+    a, b = torch.load(tmp_path / "whole" / name), torch.load(tmp_path / "cut" / name)
+    if strategy == "local":
+        a, b = [v for m in a.values() for v in m.values()], [v for m in b.values() for v in m.values()]
+    else:
+        a, b = list(a.values()), list(b.values())
+    assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    rows = [json.loads(r) for r in (tmp_path / "cut" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert resumed["final_accuracy"] == whole["final_accuracy"] and resumed["status"] == "finished"
