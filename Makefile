@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/fedgen-ray
 export MPLBACKEND ?= Agg
 
-.PHONY: install run test test-fast compare compare-ci lint clean
+.PHONY: install run test test-fast compare compare-ci deploy-up deploy-down lint clean
 
 install: $(STAMP)
 
@@ -34,6 +34,13 @@ test: install
 
 test-fast: install   ## everything but the end-to-end Ray runs
 	$(PY) -m pytest -q -m "not slow"
+
+NODES ?= 2
+deploy-up: install   ## a SuperLink and $(NODES) SuperNodes on this machine, TLS + node authentication
+	$(VENV)/bin/fedgen deploy up --nodes $(NODES)
+
+deploy-down:
+	$(VENV)/bin/fedgen deploy down
 
 lint: install
 	$(VENV)/bin/ruff check .

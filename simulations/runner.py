@@ -25,6 +25,9 @@ def backend_config(cfg: ExperimentConfig) -> dict:
     if cfg.ray.address:
         init_args["address"] = cfg.ray.address
     else:
+        # "local": always a new instance. Without it, ray.init joins the last cluster `ray start` left on this
+        # machine (recorded in its temp dir), even a stopped one.
+        init_args["address"] = "local"
         init_args["num_cpus"] = os.cpu_count() or 1
         if cfg.ray.client_num_gpus > 0:
             import torch

@@ -1,0 +1,104 @@
+"""A real gRPC deployment on loopback (TLS + SuperNode authentication), and a simulation on an existing Ray cluster.
+
+Every process a test starts is stopped by PID (its process group and descendants), never by name.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from simulations import deploy, procs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_secure_two_node_federation_over_grpc(tmp_path):
+    folder = tmp_path / "deploy"
+    state = deploy.up(folder, nodes=2, secure=True)
+    try:
+        assert state["secure"] and len(state["pids"]) == 3
+        out = tmp_path / "run"
+        run = deploy.flwr_run(
+            folder, ROOT, f"set='rounds=1 data.num_clients=2 data.partition.kind=iid' out='{out}'", timeout=400
+        )
+        assert run["status"] == "finished:completed", run
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["rounds"] == 1 and summary["final_accuracy"] > 0.3
+        assert summary["bytes_up"] > 0 and set(summary["label_histograms"]) == {"0", "1"}
+
+        key, _ = deploy.make_node_key(folder / "keys", "unregistered")
+        intruder = deploy.start_supernode(folder, 0, 2, key)
+        deadline = time.monotonic() + 60
+        while procs.alive(intruder) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        log = max(folder.glob("supernode-0-*.log"), key=lambda p: p.stat().st_mtime).read_text()
+        assert "Failed to activate SuperNode" in log
+        listed = json.loads(deploy.flwr(folder, "supernode", "list", deploy.CONNECTION, "--format", "json").stdout)
+        assert len(listed["nodes"]) == 2
+    finally:
+        stopped = deploy.down(folder)
+    assert state["pids"][0] in stopped
+    assert not any(procs.alive(p) for p in stopped)
+    assert deploy.load_state(folder)["pids"] == []
+
+
+def test_down_stops_only_what_it_started(tmp_path):
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    mine = procs.start([sys.executable, "-c", "import time; time.sleep(60)"], folder / "mine.log")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (folder / deploy.STATE_FILE).write_text(json.dumps({"pids": [mine], "nodes": 0, "secure": False}))
+    try:
+        assert deploy.down(folder, grace=5) == [mine]
+        assert not procs.alive(mine) and other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_certs_and_node_keys_load_as_flower_loads_them(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+    paths = deploy.make_certs(tmp_path)
+    cert = x509.load_pem_x509_certificate(paths["cert"].read_bytes())
+    ca = x509.load_pem_x509_certificate(paths["ca"].read_bytes())
+    assert cert.issuer == ca.subject
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    private, public = deploy.make_node_key(tmp_path, "n0")
+    assert load_ssh_private_key(private.read_bytes(), password=None).key_size == 384
+    assert load_ssh_public_key(public.read_bytes()).key_size == 384
+
+
+@pytest.mark.slow
+def test_simulation_joins_an_existing_ray_cluster(tmp_path, tiny_cfg):
+    from simulations.runner import run
+
+    port = deploy.free_port()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    # a temp dir of its own (short: Ray's socket paths must fit 107 characters), so the head it records there is
+    # not found by later runs
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray-", dir="/tmp")}
+    head = procs.start([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                        "--num-cpus=2", "--include-dashboard=false", "--block"], tmp_path / "ray.log", env)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            ok = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], capture_output=True, env=env)
+            if ok.returncode == 0:
+                break
+            time.sleep(1)
+        cfg = tiny_cfg(rounds=1, ray={"address": f"127.0.0.1:{port}"})
+        summary = run(cfg, tmp_path / "run")
+        assert summary["status"] == "finished" and summary["final_accuracy"] > 0.3
+    finally:
+        stopped = procs.stop([head], grace=15)
+    assert not any(procs.alive(p) for p in stopped)
