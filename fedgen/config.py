@@ -89,7 +89,7 @@ class TrainConfig(_Section):
 
 
 class StrategyConfig(_Section):
-    name: Literal["fedavg", "fedprox", "feddyn", "local", "centralized"] = "fedavg"
+    name: Literal["fedavg", "fedprox", "feddyn", "local", "centralized", "oscar"] = "fedavg"
     fraction_train: Annotated[float, Field(gt=0, le=1)] = 1.0
     min_train_clients: PositiveInt = 2
     fraction_evaluate: Fraction = 0.0
@@ -100,6 +100,63 @@ class StrategyConfig(_Section):
     """FedDyn regulariser weight."""
     round_timeout_s: PositiveFloat = 3600.0
     """A client that has not replied this long after a round's messages went out counts as failed for the round."""
+
+
+class CaptionerConfig(_Section):
+    kind: Literal["blip", "blip2"] = "blip2"
+    path: str = "Salesforce/blip2-opt-2.7b"
+    """A Hugging Face hub id or a local directory, loaded with from_pretrained (ignored by the embedded profile)."""
+    max_new_tokens: PositiveInt = 30
+    batch_size: PositiveInt = 16
+
+
+class GeneratorConfig(_Section):
+    path: str = "CompVis/stable-diffusion-v1-4"
+    """A diffusers text-to-image pipeline: hub id or local directory (ignored by the embedded profile)."""
+    scheduler: Literal["ddim", "dpm", "pndm", "pipeline"] = "ddim"
+    """'pipeline' keeps the scheduler the pipeline was saved with."""
+    steps: PositiveInt = 50
+    guidance_scale: Annotated[float, Field(ge=1)] = 7.5
+    size: PositiveInt = 512
+    batch_size: PositiveInt = 8
+
+
+class EmbeddedConfig(_Section):
+    """`fedgen foundation prepare embedded`: small models pre-trained on the server-held public split."""
+
+    captioner_steps: PositiveInt = 1000
+    vae_steps: PositiveInt = 400
+    generator_steps: PositiveInt = 1500
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 1e-3
+    seed: int = 0
+
+
+class FoundationConfig(_Section):
+    profile: Literal["embedded", "pretrained"] = "embedded"
+    """'embedded': small models fedgen pre-trains on digits-domains' public split (no download, CPU);
+    'pretrained': the captioner and generator named by their paths."""
+    cache_dir: str = "~/.cache/fedgen/foundation"
+    dtype: Literal["auto", "float32", "float16"] = "auto"
+    """'auto': float16 on CUDA, float32 on the CPU."""
+    captioner: CaptionerConfig = CaptionerConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    embedded: EmbeddedConfig = EmbeddedConfig()
+
+
+class OscarConfig(_Section):
+    """One-shot encoding upload (OSCAR). Server-side training defaults are the official code's."""
+
+    images_per_encoding: PositiveInt = 20
+    """N images generated from each (client, class) encoding."""
+    encoding_dtype: Literal["float16", "float32"] = "float16"
+    epochs: PositiveInt = 20
+    lr: PositiveFloat = 5e-4
+    momentum: Fraction = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    step_size: PositiveInt = 7
+    gamma: PositiveFloat = 0.1
+    batch_size: PositiveInt = 32
 
 
 class RayConfig(_Section):
@@ -118,11 +175,23 @@ class ExperimentConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     strategy: StrategyConfig = StrategyConfig()
+    foundation: FoundationConfig = FoundationConfig()
+    oscar: OscarConfig = OscarConfig()
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         s, d = self.strategy, self.data
+        if s.name == "oscar" and self.rounds != 1:
+            raise ValueError(f"strategy.name=oscar is one-shot: rounds must be 1, got {self.rounds}")
+        if s.name == "oscar" and self.foundation.profile == "embedded":
+            from fedgen.foundation.embedded import SIZE
+
+            if d.dataset != "digits-domains":
+                raise ValueError("foundation.profile=embedded is trained on digits-domains: use that dataset, or "
+                                 "foundation.profile=pretrained with real model paths")
+            if self.foundation.generator.size != SIZE:
+                raise ValueError(f"foundation.generator.size must be {SIZE} with the embedded profile")
         if s.name not in ("local", "centralized"):
             needed = max(1, round(s.fraction_train * d.num_clients))
             if s.min_train_clients > d.num_clients:
@@ -203,8 +272,14 @@ def dump_yaml(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
+class MethodSpec(_Section):
+    base: str
+    """An experiment YAML of the method's own, relative to the suite file."""
+    set: list[str] = []
+
+
 class SuiteConfig(_Section):
-    """A comparison: several methods on the same base experiment, partitions and seeds."""
+    """A comparison: several methods on the same data, partitions and seeds."""
 
     name: str = "comparison"
     base: str
@@ -212,8 +287,9 @@ class SuiteConfig(_Section):
     set: list[str] = []
     """Overrides applied to every method (key=value)."""
     seeds: Annotated[list[int], Field(min_length=1)] = [0]
-    methods: Annotated[dict[str, list[str]], Field(min_length=1)]
-    """Method label -> its overrides (key=value), e.g. {'FedProx': ['strategy.name=fedprox']}."""
+    methods: Annotated[dict[str, list[str] | MethodSpec], Field(min_length=1)]
+    """Method label -> its overrides of the base (key=value), e.g. {'FedProx': ['strategy.name=fedprox']}, or
+    {base: its own YAML, set: [overrides]} for a method configured apart (e.g. OSCAR's foundation models)."""
 
 
 def load_suite(path: str | Path) -> tuple[SuiteConfig, dict[str, dict[int, ExperimentConfig]]]:
@@ -224,11 +300,17 @@ def load_suite(path: str | Path) -> tuple[SuiteConfig, dict[str, dict[int, Exper
         suite = SuiteConfig.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format(err, str(path))) from None
-    base = path.parent / suite.base
     runs: dict[str, dict[int, ExperimentConfig]] = {}
-    for label, overrides in suite.methods.items():
+    for label, method in suite.methods.items():
+        base, overrides = (method.base, method.set) if isinstance(method, MethodSpec) else (suite.base, method)
         runs[label] = {}
         for seed in suite.seeds:
-            tree = apply_overrides(load_tree(base), [*suite.set, *overrides, f"seed={seed}"])
+            tree = apply_overrides(load_tree(path.parent / base), [*suite.set, *overrides, f"seed={seed}"])
             runs[label][seed] = validate(tree, source=f"{path} method '{label}' seed {seed}")
+    data = {label: {s: c.data for s, c in by_seed.items()} for label, by_seed in runs.items()}
+    first = next(iter(data.values()))
+    for label, by_seed in data.items():
+        if by_seed != first:
+            raise ConfigError(f"{path}: method '{label}' uses other data settings than the others; a comparison "
+                              "needs identical data and partitions")
     return suite, runs

@@ -19,8 +19,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedgen.comm import UP, ByteLedger
 from fedgen.config import ExperimentConfig, dump_yaml
+from fedgen.data.images import ImageSet
 
 ROUND_COLUMNS = ["round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds"]
 SUMMARY_KEYS = [
@@ -44,6 +47,27 @@ def plot_lines(path: Path, series: dict[str, tuple[list, list]], xlabel: str, yl
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_image_grid(path: Path, images: ImageSet, class_names: list[str], per_class: int = 8) -> None:
+    """A PNG grid of the first ``per_class`` images of each class present (one row per class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = [int(c) for c in np.unique(images.labels)]
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.8, len(classes) * 0.85), squeeze=False)
+    for row, c in zip(axes, classes, strict=True):
+        idx = np.flatnonzero(images.labels == c)[:per_class]
+        for j, ax in enumerate(row):
+            ax.axis("off")
+            if j < len(idx):
+                ax.imshow(images.images[idx[j]], interpolation="nearest")
+        row[0].set_title(class_names[c], fontsize=7, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 

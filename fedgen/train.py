@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -49,25 +50,33 @@ def _loader(data: ImageSet, batch_size: int, shuffle: bool, seed: int) -> DataLo
     return DataLoader(data.torch_dataset(), batch_size=batch_size, shuffle=shuffle, generator=gen)
 
 
-def train(
+def fit(
     model: nn.Module,
     data: ImageSet,
-    cfg: TrainConfig,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
     device: torch.device,
     seed: int,
     penalties: list[Penalty] = (),
-    epochs: int | None = None,
+    step_size: int | None = None,
+    gamma: float = 0.1,
 ) -> TrainResult:
-    """Cross-entropy SGD for ``epochs`` (default ``cfg.local_epochs``), plus any penalty terms."""
+    """Cross-entropy SGD plus any penalty terms; with ``step_size``, the learning rate is multiplied by ``gamma``
+    every ``step_size`` epochs (StepLR)."""
     if len(data) == 0:
         raise ValueError("cannot train on an empty dataset")
     torch.manual_seed(seed)
     model.to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size, gamma) if step_size else None
     loss_fn = nn.CrossEntropyLoss()
     total, seen, steps = 0.0, 0, 0
-    for epoch in range(epochs or cfg.local_epochs):
-        for x, y in _loader(data, cfg.batch_size, shuffle=True, seed=seed + epoch):
+    for epoch in range(epochs):
+        for x, y in _loader(data, batch_size, shuffle=True, seed=seed + epoch):
             x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
@@ -78,19 +87,47 @@ def train(
             loss.backward()
             opt.step()
             steps += 1
+        if sched is not None:
+            sched.step()
     return TrainResult(loss=total / seen, num_examples=len(data), steps=steps)
 
 
+def train(
+    model: nn.Module,
+    data: ImageSet,
+    cfg: TrainConfig,
+    device: torch.device,
+    seed: int,
+    penalties: list[Penalty] = (),
+) -> TrainResult:
+    """Local training as the config's ``train`` section says (``local_epochs`` passes)."""
+    return fit(
+        model, data, epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, device=device, seed=seed, penalties=penalties,
+    )
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy) of ``model`` on ``data``."""
+def predict(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(per-example cross-entropy loss, predicted class) of ``model`` on ``data``."""
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
     model.to(device).eval()
-    loss_sum, correct = 0.0, 0
+    losses, preds = [], []
     for x, y in _loader(data, batch_size, shuffle=False, seed=0):
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return loss_sum / len(data), correct / len(data)
+        logits = model(x.to(device))
+        losses.append(nn.functional.cross_entropy(logits, y.to(device), reduction="none").cpu())
+        preds.append(logits.argmax(1).cpu())
+    return torch.cat(losses).numpy(), torch.cat(preds).numpy()
+
+
+def evaluate(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of ``model`` on ``data``."""
+    losses, preds = predict(model, data, batch_size, device)
+    return float(losses.mean()), float((preds == data.labels).mean())
+
+
+def domain_counts(preds: np.ndarray, data: ImageSet, num_domains: int) -> tuple[np.ndarray, np.ndarray]:
+    """(correct, total) per domain id."""
+    correct = np.bincount(data.domains, weights=(preds == data.labels), minlength=num_domains)
+    return correct.astype(np.int64), np.bincount(data.domains, minlength=num_domains)

@@ -5,6 +5,11 @@ fedgen run --resume DIR                              continue an interrupted run
 fedgen compare SUITE.yaml [--out DIR] [--check] [--verbose]
 fedgen check CONFIG.yaml [--set key=value ...]      validate only
 fedgen domains [--out PNG]                          draw the digits-domains grid
+fedgen deploy up [--nodes N] [--insecure] [--certs DIR] [--dir DIR]   a SuperLink + N SuperNodes on this machine
+fedgen deploy run CONFIG [--set key=value ...] [--out DIR] [--dir DIR]  run an experiment on them, wait, check
+fedgen deploy down [--dir DIR]                      stop exactly what `up` started
+fedgen deploy certs DIR                             a throwaway CA and server certificate (testing only)
+fedgen foundation prepare embedded [CONFIG] [--set ...]   pre-train the embedded captioner and generator
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedgen.config import ConfigError, load_config
+from fedgen.config import ConfigError, load_config, load_tree
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,9 +38,81 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check", help="validate a config and its data, and print the resolved config")
     k.add_argument("config")
     k.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    dep = sub.add_parser("deploy", help="a real gRPC deployment on this machine").add_subparsers(
+        dest="action", required=True)
+    u = dep.add_parser("up", help="start a SuperLink and N SuperNodes (TLS + node authentication by default)")
+    u.add_argument("--nodes", type=int, default=2)
+    u.add_argument("--insecure", action="store_true", help="no TLS, no node authentication")
+    u.add_argument("--certs", help="folder with ca.crt, server.pem, server.key (default: make throwaway ones)")
+    u.add_argument("--dir", default=DEPLOY_DIR)
+    dr = dep.add_parser("run", help="run an experiment on the deployment (flwr run), wait and check its status")
+    dr.add_argument("config")
+    dr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    dr.add_argument("--out", help="run folder (default runs/<name>-<strategy>-s<seed>-<time>)")
+    dr.add_argument("--dir", default=DEPLOY_DIR)
+    dd = dep.add_parser("down", help="stop the processes `up` started, by PID")
+    dd.add_argument("--dir", default=DEPLOY_DIR)
+    dc = dep.add_parser("certs", help="write a throwaway CA and server certificate for 127.0.0.1 / localhost")
+    dc.add_argument("folder")
+    fnd = sub.add_parser("foundation", help="foundation models").add_subparsers(dest="action", required=True)
+    fp = fnd.add_parser("prepare", help="pre-train the embedded profile on digits-domains' public split")
+    fp.add_argument("profile", choices=["embedded"])
+    fp.add_argument("config", nargs="?", help="an experiment YAML whose foundation section to use (default: defaults)")
+    fp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     d = sub.add_parser("domains", help="draw the digits-domains benchmark as a grid of domains x classes")
     d.add_argument("--out", default="docs/digits_domains.png")
     return p
+
+
+DEPLOY_DIR = "runs/deploy"
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from simulations import deploy
+
+    if args.action == "up":
+        state = deploy.up(args.dir, args.nodes, secure=not args.insecure, certs=args.certs)
+        mode = "TLS + node authentication" if state["secure"] else "INSECURE"
+        print(f"SuperLink on 127.0.0.1:{state['fleet_port']} (Fleet, gRPC) and 127.0.0.1:{state['control_port']} "
+              f"(control), {args.nodes} SuperNodes, {mode}; PIDs {state['pids']} in {args.dir}/deployment.json")
+        home = Path(args.dir).resolve() / "flwr-home"
+        print(f"run with: fedgen deploy run CONFIG --dir {args.dir}")
+        print(f"      or: FLWR_HOME={home} flwr run . {deploy.CONNECTION}")
+    elif args.action == "run":
+        from simulations.server_app import default_out_dir
+
+        cfg = load_config(args.config, args.overrides)  # fail here, before anything is sent
+        state = deploy.load_state(args.dir)
+        if cfg.data.num_clients != state["nodes"]:
+            raise ConfigError(f"data.num_clients={cfg.data.num_clients} but the deployment has {state['nodes']} nodes")
+        out = Path(args.out or default_out_dir(cfg)).resolve()
+        overrides = " ".join(args.overrides)
+        run = deploy.flwr_run(args.dir, ".", f"config='{Path(args.config).resolve()}' set='{overrides}' out='{out}'")
+        print(f"run {run['run-id']}: {run['status']} {run.get('status-details', '')}; results in {out}")
+        return 0 if run["status"] == "finished:completed" else 1
+    elif args.action == "down":
+        print(f"stopped PIDs {deploy.down(args.dir)}")
+    elif args.action == "certs":
+        for name, path in deploy.make_certs(args.folder).items():
+            print(f"{name}: {path}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from fedgen.config import apply_overrides, validate
+    from fedgen.foundation.embedded import MANIFEST, prepare_embedded
+
+    tree = apply_overrides(load_tree(args.config) if args.config else {}, args.overrides)
+    cfg = validate(tree, source=args.config or "defaults").foundation
+    t0 = time.perf_counter()
+    folder = prepare_embedded(cfg.embedded, cfg.cache_dir)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    print(json.dumps({k: manifest[k] for k in ("seconds", "captioner_loss", "vae_loss", "diffusion_loss")}, indent=2))
+    print(f"embedded foundation models in {folder} ({time.perf_counter() - t0:.1f} s this call)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
             check_runnable(cfg)
             print(dump_yaml(cfg), end="")
+        elif args.command == "deploy":
+            return _deploy(args)
+        elif args.command == "foundation":
+            return _prepare(args)
         elif args.command == "domains":
             from fedgen.data.digits import save_domain_grid
 

@@ -11,7 +11,7 @@ Every strategy talks to clients through the Grid, so what is done here covers Fl
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import getLogger
 
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -31,6 +31,8 @@ class AccountedGrid(Grid):
         self.partition_of: dict[int, int] = {}
         self.max_examples: dict[int, int] = {}
         self.failures: list[dict] = []
+        self.checks: dict[str, Callable[[RecordDict, RecordDict], list[str]]] = {}
+        """Strategy-specific reply checks by message type, run after the shared ones."""
         self._unattributed: list[tuple] = []  # bytes moved before a node's partition was known
 
     # --- plain delegation ----------------------------------------------------------------------------------------
@@ -96,6 +98,8 @@ class AccountedGrid(Grid):
                 continue
             self._account(rnd, src, UP, r.content, kind)
             problems = check_reply(out.content, r.content, kind, self.max_examples.get(self._client(src)))
+            if not problems and kind in self.checks:
+                problems = self.checks[kind](out.content, r.content)
             if problems:
                 self._fail(rnd, src, kind, "invalid reply: " + "; ".join(problems))
                 continue

@@ -22,13 +22,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from clients.state import CLIENT_STATE_DIR
-from fedgen import checkpoint
-from fedgen.comm import ByteLedger
+from fedgen import checkpoint, foundation
+from fedgen.comm import UP, ByteLedger
 from fedgen.config import ExperimentConfig, load_config
 from fedgen.data import load_federation
 from fedgen.models import build_model
 from fedgen.results import RunRecorder, read_rounds
-from fedgen.train import evaluate, resolve_device
+from fedgen.train import domain_counts, predict, resolve_device
 from simulations.grid import AccountedGrid
 from simulations.loop import run_rounds
 from strategies import build_strategy
@@ -36,6 +36,8 @@ from strategies.local import LocalOnly
 from strategies.server_side import ServerSideTraining
 
 log = getLogger("fedgen")
+APP_ROOT = Path(__file__).resolve().parents[1]
+USES_FOUNDATION_MODELS = ("oscar",)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -73,9 +75,14 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
 
     model = model_fn()  # first draw after seeding: every method starts from the same initial model
     arrays = ArrayRecord(model.state_dict())
+    models_used = None
+    if cfg.strategy.name in USES_FOUNDATION_MODELS:  # the embedded profile is pre-trained here on first use
+        models_used = foundation.resolve(cfg.foundation, prepare=True).describe()
     ledger = ByteLedger()
     grid = AccountedGrid(grid, ledger)
-    strategy = build_strategy(cfg, fed, model_fn, device)
+    strategy = build_strategy(cfg, fed, model_fn, device, out_dir)
+    if hasattr(strategy, "reply_checks"):
+        grid.checks.update(strategy.reply_checks())
     first_round, rows, elapsed = 1, [], 0.0
     if resume:
         ckpt = checkpoint.load(out_dir)
@@ -89,6 +96,8 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
         elapsed = ckpt["wall_seconds"]
         print(f"[{cfg.strategy.name} seed={cfg.seed}] resuming {out_dir} after round {ckpt['round']}", flush=True)
     recorder = RunRecorder(out_dir, cfg, ledger, rows=rows, elapsed=elapsed)
+    if models_used:
+        recorder.extras["foundation_models"] = models_used
     experiment_json = cfg.to_json()
     t_round = time.perf_counter()
 
@@ -98,8 +107,13 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
             metrics = strategy.evaluate_global(server_round, arrays, cfg.train.eval_batch_size)
         else:
             model.load_state_dict(arrays.to_torch_state_dict())
-            loss, acc = evaluate(model, fed.test, cfg.train.eval_batch_size, device)
-            metrics = MetricRecord({"accuracy": acc, "loss": loss})
+            losses, preds = predict(model, fed.test, cfg.train.eval_batch_size, device)
+            correct, total = domain_counts(preds, fed.test, len(fed.domain_names))
+            metrics = MetricRecord({
+                "accuracy": float((preds == fed.test.labels).mean()), "loss": float(losses.mean()),
+                **{f"test/acc-{d}": float(c / t)
+                   for d, c, t in zip(fed.domain_names, correct, total, strict=True) if t > 0},
+            })
         extra = {**extras, **{k: v for k, v in metrics.items() if k not in ("accuracy", "loss")}}
         row = recorder.record_round(server_round, metrics["accuracy"], metrics["loss"], **extra)
         print(
@@ -147,7 +161,17 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
     else:
         torch.save(arrays.to_torch_state_dict(), out_dir / "model.pt")
     recorder.extras["failures"] = grid.failures
+    recorder.extras.update(upload_figures(ledger, ArrayRecord(model.state_dict()).count_bytes(), fed.num_clients))
     return recorder.finish("finished")
+
+
+def upload_figures(ledger: ByteLedger, model_bytes: int, num_clients: int) -> dict:
+    """Upload per client (all rounds; round 0, fedgen's partition query, left out) against one model upload."""
+    per_client = [sum(e.bytes for e in ledger.entries if e.direction == UP and e.round > 0 and e.client == k)
+                  for k in range(num_clients)]
+    mean = float(np.mean(per_client))
+    return {"model_upload_bytes": model_bytes, "upload_per_client_bytes": mean,
+            "upload_per_client_pct_of_model": 100.0 * mean / model_bytes}
 
 
 def make_server_app(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> ServerApp:
@@ -166,7 +190,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
-    cfg = load_config(str(rc["config"]), shlex.split(str(rc.get("set", ""))))
+    path = Path(str(rc["config"]))
+    if not path.is_absolute() and not path.exists():  # relative to the app (the FAB's folder under `flwr run`)
+        path = APP_ROOT / path
+    cfg = load_config(path, shlex.split(str(rc.get("set", ""))))
     out = str(rc.get("out", "")) or default_out_dir(cfg)
     summary = run_experiment(grid, cfg, out)
     log.warning("run finished: %s", Path(out).resolve())

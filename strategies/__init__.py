@@ -2,11 +2,13 @@
 
 fedavg / fedprox: Flower's own, as they are. feddyn: written here (Flower lacks it).
 local / centralized: the reference runs that bound every comparison.
+oscar: one-shot encoding upload.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
@@ -17,12 +19,13 @@ from fedgen.data import Federation
 from strategies.centralized import Centralized
 from strategies.feddyn import FedDyn
 from strategies.local import LocalOnly
+from strategies.oscar import Oscar
 
-STRATEGIES = ("fedavg", "fedprox", "feddyn", "local", "centralized")
+STRATEGIES = ("fedavg", "fedprox", "feddyn", "local", "centralized", "oscar")
 
 
 def build_strategy(
-    cfg: ExperimentConfig, fed: Federation, model_fn: Callable[[], nn.Module], device: torch.device
+    cfg: ExperimentConfig, fed: Federation, model_fn: Callable[[], nn.Module], device: torch.device, out_dir: Path
 ) -> Strategy:
     s = cfg.strategy
     sampling = dict(
@@ -39,6 +42,21 @@ def build_strategy(
     if s.name == "feddyn":
         keys = {k for k, _ in model_fn().named_parameters()}
         return FedDyn(alpha=s.feddyn_alpha, num_clients=cfg.data.num_clients, param_keys=keys, **sampling)
+    if s.name == "oscar":
+        from fedgen import foundation
+
+        paths = foundation.resolve(cfg.foundation)
+        g = cfg.foundation.generator
+
+        def generator_fn():
+            return foundation.Generator(paths.generator, g.scheduler, device,
+                                        foundation.torch_dtype(cfg.foundation.dtype, device))
+
+        return Oscar(
+            cfg.oscar, g, generator_fn, model_fn, fed.num_classes, fed.class_names, fed.domain_names,
+            fraction_train=s.fraction_train, min_train_nodes=s.min_train_clients,
+            fraction_evaluate=s.fraction_evaluate, device=device, seed=cfg.seed, out_dir=out_dir,
+        )
     if s.name == "local":
         return LocalOnly(fed, model_fn, cfg.train, device, cfg.seed)
     if s.name == "centralized":

@@ -27,3 +27,19 @@ def tiny_cfg():
         return validate(tree)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """A random tiny BLIP captioner (``blip/``) and SD-family pipeline (``sd/``), saved in Hugging Face format."""
+    from fedgen.foundation.captions import vocabulary
+    from fedgen.foundation.tiny import blip_captioner, blip_processor, clip_tokenizer, sd_pipeline
+
+    root = tmp_path_factory.mktemp("models")
+    processor = blip_processor(vocabulary(), 32)
+    blip_captioner(processor, width=32).save_pretrained(root / "blip")
+    processor.save_pretrained(root / "blip")
+    texts = ["a red handwritten digit seven on a dark background",
+             "a white handwritten digit one on a black background"]
+    sd_pipeline(clip_tokenizer(texts * 5, max_length=16), 32).save_pretrained(root / "sd")
+    return root

@@ -29,7 +29,8 @@ class InProcessGrid(Grid):
         TaskIdentity.run_id = RUN_ID
         TaskIdentity.node_id = SERVER_NODE_ID
         self.app = client_app
-        ids = random.Random(seed).sample(range(1, 1 << 40), num_nodes)
+        rng = random.Random(seed)
+        ids = [rng.getrandbits(64) | 1 for _ in range(num_nodes)]  # random uint64 ids, as Flower's
         self.contexts = {
             nid: Context(
                 run_id=RUN_ID,

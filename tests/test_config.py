@@ -65,3 +65,27 @@ def test_suites_validate_every_run_up_front(tmp_path):
                                          "  B: [strategy.proximal_mu=-1]\n")
     with pytest.raises(ConfigError, match="(?s)method 'B' seed 0.*strategy.proximal_mu"):
         load_suite(tmp_path / "suite.yaml")
+
+
+def test_a_method_may_bring_its_own_yaml_but_not_other_data(tmp_path):
+    (tmp_path / "base.yaml").write_text("rounds: 2\n")
+    (tmp_path / "own.yaml").write_text("rounds: 1\nstrategy: {name: fedprox}\n")
+    (tmp_path / "other.yaml").write_text("data: {num_clients: 3}\n")
+    (tmp_path / "suite.yaml").write_text("base: base.yaml\nmethods:\n  A: [strategy.name=fedavg]\n"
+                                         "  B: {base: own.yaml, set: [strategy.proximal_mu=0.5]}\n")
+    _, runs = load_suite(tmp_path / "suite.yaml")
+    assert runs["B"][0].strategy.name == "fedprox" and runs["B"][0].strategy.proximal_mu == 0.5
+    assert runs["B"][0].rounds == 1 and runs["A"][0].rounds == 2
+    (tmp_path / "bad.yaml").write_text("base: base.yaml\nmethods:\n  A: []\n  C: {base: other.yaml}\n")
+    with pytest.raises(ConfigError, match="method 'C' uses other data settings"):
+        load_suite(tmp_path / "bad.yaml")
+
+
+def test_oscar_is_one_shot_and_the_embedded_profile_needs_its_benchmark():
+    with pytest.raises(ConfigError, match="rounds must be 1"):
+        validate({"strategy": {"name": "oscar"}, "rounds": 3})
+    with pytest.raises(ConfigError, match="foundation.generator.size must be 32"):
+        validate({"strategy": {"name": "oscar"}, "rounds": 1})
+    with pytest.raises(ConfigError, match="embedded is trained on digits-domains"):
+        validate({"strategy": {"name": "oscar"}, "rounds": 1, "foundation": {"generator": {"size": 32}},
+                  "data": {"dataset": "cifar10"}})

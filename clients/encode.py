@@ -1,0 +1,36 @@
+"""The encode role (OSCAR): caption every local training image, encode each caption with the generator's own text
+encoder, average per class, and upload only those category encodings with class ids and counts.
+
+No image, caption or model weight leaves the client.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+
+from clients.common import client_data
+from fedgen import foundation, oscar
+from fedgen.train import resolve_device
+
+ENCODINGS = "encodings"
+
+
+def encode(msg: Message, context: Context) -> Message:
+    cfg, fed, pid = client_data(msg, context)
+    data, _ = fed.client(pid)
+    paths = foundation.resolve(cfg.foundation)  # prepared by the server (simulation) or on this machine beforehand
+    device = resolve_device(cfg.device)
+    dtype = str(foundation.torch_dtype(cfg.foundation.dtype, device)).removeprefix("torch.")
+    t0 = time.perf_counter()
+    captioner = foundation.captioner(paths.captioner, paths.captioner_kind, str(device), dtype)
+    captions = captioner.caption(data.images, cfg.foundation.captioner.batch_size,
+                                 cfg.foundation.captioner.max_new_tokens)
+    t1 = time.perf_counter()
+    encodings = foundation.text_encoder(paths.generator, str(device), dtype).encode(captions)
+    arrays, meta = oscar.to_record(oscar.class_means(encodings, data.labels), cfg.oscar.encoding_dtype)
+    metrics = MetricRecord(
+        {**meta, "num-examples": len(data), "caption-seconds": t1 - t0, "encode-seconds": time.perf_counter() - t1}
+    )
+    return Message(content=RecordDict({ENCODINGS: ArrayRecord(arrays), "metrics": metrics}), reply_to=msg)

@@ -1,0 +1,161 @@
+"""The embedded foundation profile: a small captioner and a small text-to-image model, pre-trained by fedgen on
+digits-domains' server-held public split (no client data, no download), saved in Hugging Face format.
+
+`fedgen foundation prepare embedded` (or the first run that asks for the profile) trains:
+1. a BLIP captioner (BlipForConditionalGeneration) on (image, caption) pairs;
+2. the autoencoder of a Stable-Diffusion-family pipeline (32x32 images, 4x8x8 latents);
+3. its U-Net and CLIP text encoder together, with the DDPM loss and 10% empty captions (for classifier-free
+   guidance).
+Captions come from class, domain and colour ("a red handwritten digit seven on a dark background").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from tqdm.auto import tqdm
+
+from fedgen.config import EmbeddedConfig
+from fedgen.data.digits import load_digits_domains
+from fedgen.foundation.captions import describe, vocabulary
+from fedgen.foundation.tiny import blip_captioner, blip_processor, clip_tokenizer, sd_pipeline
+
+SIZE = 32
+MAX_TOKENS = 16
+CFG_DROPOUT = 0.1
+MANIFEST = "fedgen-embedded.json"
+# The public split of digits-domains with its default fractions and split seed (what every embedded profile uses).
+PUBLIC_SPLIT = dict(public_fraction=0.15, test_fraction=0.15, split_seed=0)
+
+
+def profile_dir(cache_dir: str | Path, cfg: EmbeddedConfig) -> Path:
+    """One folder per set of pre-training settings, so a changed setting never reuses stale models."""
+    digest = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:10]
+    return Path(cache_dir).expanduser() / f"embedded-{digest}"
+
+
+def is_prepared(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file()
+
+
+def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
+    for _ in range(steps):
+        yield torch.randint(0, n, (batch_size,), generator=gen)
+
+
+def _train(name: str, params, steps: int, lr: float, loss_fn, batches, progress: bool) -> float:
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    bar = tqdm(batches, total=steps, desc=f"embedded {name}", disable=not progress, mininterval=2)
+    ema = None
+    for idx in bar:
+        loss = loss_fn(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
+    return float(ema)
+
+
+def prepare_embedded(cfg: EmbeddedConfig, cache_dir: str | Path, progress: bool = True) -> Path:
+    """Pre-train and save the embedded captioner and generator; returns their folder (reused when present)."""
+    out = profile_dir(cache_dir, cfg)
+    if is_prepared(out):
+        return out
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    public = load_digits_domains(**PUBLIC_SPLIT)["public"]
+    captions = [describe(public.images[i], public.labels[i], public.domains[i]) for i in range(len(public))]
+    images = torch.from_numpy(public.images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    report: dict = {"settings": cfg.model_dump(), "public_images": len(public), "seconds": {}}
+
+    # 1. the captioner
+    t = time.perf_counter()
+    processor = blip_processor(vocabulary(), SIZE)
+    captioner = blip_captioner(processor)
+    enc = processor(images=list(public.images), text=captions, return_tensors="pt", padding=True)
+    pixels, ids, mask = enc["pixel_values"], enc["input_ids"], enc["attention_mask"]
+
+    def caption_loss(idx):
+        return captioner(pixel_values=pixels[idx], input_ids=ids[idx], attention_mask=mask[idx], labels=ids[idx]).loss
+
+    report["captioner_loss"] = _train(
+        "captioner", list(captioner.parameters()), cfg.captioner_steps, cfg.lr, caption_loss,
+        _batches(len(public), cfg.batch_size, cfg.captioner_steps, gen), progress,
+    )
+    report["seconds"]["captioner"] = time.perf_counter() - t
+
+    # 2. the autoencoder
+    t = time.perf_counter()
+    tokenizer = clip_tokenizer(captions, MAX_TOKENS)
+    pipe = sd_pipeline(tokenizer, SIZE)
+    vae, unet, text_encoder = pipe.vae, pipe.unet, pipe.text_encoder
+
+    def vae_loss(idx):
+        x = images[idx]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        return F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+
+    report["vae_loss"] = _train(
+        "autoencoder", list(vae.parameters()), cfg.vae_steps, cfg.lr, vae_loss,
+        _batches(len(public), cfg.batch_size, cfg.vae_steps, gen), progress,
+    )
+    vae.requires_grad_(False)
+    with torch.no_grad():
+        dist = vae.encode(images).latent_dist
+        mean, std = dist.mean, dist.std
+    scaling = float(1.0 / mean.std())
+    vae.register_to_config(scaling_factor=scaling)
+    report["seconds"]["autoencoder"] = time.perf_counter() - t
+
+    # 3. the denoiser and the text encoder, with empty captions for classifier-free guidance
+    t = time.perf_counter()
+    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    text_ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                         return_tensors="pt").input_ids
+    empty_ids = tokenizer([""], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids
+
+    def diffusion_loss(idx):
+        latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
+        noise = torch.randn(latents.shape, generator=gen)
+        steps = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        drop = torch.rand(len(idx), generator=gen) < CFG_DROPOUT
+        tokens = torch.where(drop[:, None], empty_ids.expand(len(idx), -1), text_ids[idx])
+        hidden = text_encoder(tokens)[0]
+        pred = unet(noise_sched.add_noise(latents, noise, steps), steps, encoder_hidden_states=hidden).sample
+        return F.mse_loss(pred, noise)
+
+    report["diffusion_loss"] = _train(
+        "generator", list(unet.parameters()) + list(text_encoder.parameters()), cfg.generator_steps, cfg.lr,
+        diffusion_loss, _batches(len(public), cfg.batch_size, cfg.generator_steps, gen), progress,
+    )
+    report["seconds"]["generator"] = time.perf_counter() - t
+
+    tmp = out.with_name(out.name + ".tmp")
+    captioner.save_pretrained(tmp / "captioner")
+    processor.save_pretrained(tmp / "captioner")
+    pipe.save_pretrained(tmp / "generator")
+    report["seconds"]["total"] = time.perf_counter() - t0
+    report["torch_threads"] = torch.get_num_threads()
+    (tmp / MANIFEST).write_text(json.dumps(report, indent=2))
+    tmp.rename(out)
+    return out
+
+
+def caption_accuracy(captions: list[str], labels: np.ndarray) -> float:
+    """Share of captions naming the right digit (a check of the captioner)."""
+    from fedgen.data.digits import CLASS_NAMES
+
+    return float(np.mean([CLASS_NAMES[y] in c.split() for c, y in zip(captions, labels, strict=True)]))

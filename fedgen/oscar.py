@@ -1,0 +1,61 @@
+"""OSCAR's plain functions: per-class category encodings, their wire format and its validation.
+
+A client's upload is one array, 'encodings' (classes, sequence, hidden): for each class it holds, the mean of the
+token-level text encodings of that class's captions; metrics 'class-ids' and 'counts' say which classes and how many
+captions. (One array rather than one per class: each array carries its own serialisation header.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+KEY = "encodings"
+
+
+def class_means(encodings: torch.Tensor, labels: np.ndarray) -> dict[int, tuple[torch.Tensor, int]]:
+    """Mean encoding and count per class present: {c: (mean over the class's (seq, hidden) encodings, n_c)}."""
+    if len(encodings) != len(labels):
+        raise ValueError(f"{len(encodings)} encodings for {len(labels)} labels")
+    out = {}
+    for c in np.unique(labels):
+        idx = torch.from_numpy(np.flatnonzero(labels == c))
+        out[int(c)] = (encodings[idx].mean(0), len(idx))
+    return out
+
+
+def to_record(means: dict[int, tuple[torch.Tensor, int]], dtype: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(arrays, metrics) of an upload, the encodings cast to ``dtype`` ('float16' or 'float32')."""
+    classes = sorted(means)
+    stacked = torch.stack([means[c][0] for c in classes]).to(getattr(torch, dtype)).contiguous()
+    return {KEY: stacked}, {"class-ids": classes, "counts": [means[c][1] for c in classes]}
+
+
+def check_upload(arrays: dict[str, np.ndarray], class_ids: list[int], counts: list[int], shape: tuple[int, int],
+                 num_classes: int) -> list[str]:
+    """Problems with an upload: classes out of range or repeated, counts that are not positive, encodings missing
+    or of another shape than (classes, *the generator's text-encoding shape*)."""
+    problems = []
+    if len(class_ids) != len(counts):
+        problems.append(f"{len(class_ids)} class ids but {len(counts)} counts")
+    if len(set(class_ids)) != len(class_ids):
+        problems.append("repeated class ids")
+    problems += [f"class id {c} outside 0..{num_classes - 1}" for c in class_ids if not 0 <= int(c) < num_classes]
+    problems += [f"count {n} is not positive" for n in counts if int(n) < 1]
+    if set(arrays) != {KEY}:
+        return [*problems, f"expected one array '{KEY}', got {sorted(arrays)}"]
+    expected = (len(class_ids), *shape)
+    if tuple(arrays[KEY].shape) != expected:
+        problems.append(f"'{KEY}' has shape {list(arrays[KEY].shape)}, expected {list(expected)}")
+    return problems
+
+
+def stack(uploads: list[tuple[int, dict[str, np.ndarray], list[int]]]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """All (client, class) encodings as one float32 (K, seq, hidden) tensor, with their class and client indices.
+
+    ``uploads``: (client index, arrays, class ids) per client.
+    """
+    encodings = torch.cat([torch.from_numpy(np.asarray(a[KEY], dtype=np.float32)) for _, a, _ in uploads])
+    classes = np.concatenate([np.asarray(c, dtype=np.int64) for _, _, c in uploads])
+    clients = np.concatenate([np.full(len(c), k, dtype=np.int64) for k, _, c in uploads])
+    return encodings, classes, clients

@@ -1,0 +1,157 @@
+"""OSCAR: one-shot federated learning with classifier-free diffusion models (ICME 2025).
+
+One round of communication; no classifier is trained on any client.
+    1. each sampled client captions its images, encodes the captions with the generator's text encoder and uploads
+       one mean encoding per local class (the 'train.encode' message; :mod:`clients.encode`);
+    2. the server generates N images from each (client, class) encoding, with classifier-free guidance against the
+       empty prompt, and labels them with the class;
+    3. the server trains the global classifier on the generated images (SGD + StepLR, the official defaults);
+    4. the clients evaluate it on their real local test data (federated evaluation, per client and per domain).
+The plain functions are in :mod:`fedgen.oscar`; generation is :class:`fedgen.foundation.Generator`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from fedgen import oscar
+from fedgen.config import GeneratorConfig, OscarConfig
+from fedgen.data import ImageSet
+from fedgen.results import save_image_grid
+from fedgen.train import fit
+
+ENCODE = f"{MessageType.TRAIN}.encode"
+ENCODINGS = "encodings"
+
+
+class Oscar(Strategy):
+    """OSCAR on Flower's Message API.
+
+    Parameters
+    ----------
+    cfg : OscarConfig
+        Images per encoding, upload dtype, and the server-side training of the classifier.
+    generator_cfg : GeneratorConfig
+        Steps, guidance scale, image size and batch size of generation.
+    generator_fn : callable
+        Returns the :class:`fedgen.foundation.Generator` (built on first use, on the server only).
+    model_fn : callable
+        Returns a fresh global classifier.
+    num_classes, class_names, domain_names
+        Of the federation's dataset.
+    fraction_train, min_train_nodes, fraction_evaluate : float, int, float
+        Client sampling for the encoding upload and the federated evaluation.
+    device, seed, out_dir
+        Where the server trains, its seed, and the run folder (for the grid of generated images).
+    """
+
+    def __init__(
+        self, cfg: OscarConfig, generator_cfg: GeneratorConfig, generator_fn: Callable, model_fn: Callable,
+        num_classes: int, class_names: list[str], domain_names: list[str], fraction_train: float,
+        min_train_nodes: int, fraction_evaluate: float, device, seed: int, out_dir: Path,
+    ) -> None:
+        self.cfg, self.gen_cfg = cfg, generator_cfg
+        self.generator_fn, self.model_fn = generator_fn, model_fn
+        self.num_classes, self.class_names, self.domain_names = num_classes, class_names, domain_names
+        self.fraction_train, self.min_train_nodes = fraction_train, min_train_nodes
+        self.fraction_evaluate = fraction_evaluate
+        self.device, self.seed, self.out_dir = device, seed, Path(out_dir)
+        self._arrays: ArrayRecord | None = None
+        self._generator = None
+
+    def summary(self) -> None:
+        pass
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            self._generator = self.generator_fn()
+        return self._generator
+
+    # --- 1. ask the clients for their category encodings -------------------------------------------------------
+    def _sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
+        n = len(list(grid.get_node_ids()))
+        nodes, _ = sample_nodes(grid, minimum, max(minimum, int(n * fraction)))
+        return nodes
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        self._arrays = arrays
+        config["server-round"] = server_round
+        nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
+        return [Message(RecordDict({"config": config}), dst_node_id=n, message_type=ENCODE) for n in nodes]
+
+    def reply_checks(self) -> dict[str, Callable[[RecordDict, RecordDict], list[str]]]:
+        """Checks of an encoding upload beyond the shared ones: classes, counts and encoding shapes."""
+        shape = tuple(self.generator.empty_embedding().shape[1:])
+
+        def check(sent: RecordDict, reply: RecordDict) -> list[str]:
+            if ENCODINGS not in reply.array_records or "metrics" not in reply.metric_records:
+                return [f"missing record '{ENCODINGS}' or 'metrics'"]
+            m = reply["metrics"]
+            arrays = {k: a.numpy() for k, a in reply[ENCODINGS].items()}
+            return oscar.check_upload(arrays, list(m.get("class-ids", [])), list(m.get("counts", [])), shape,
+                                      self.num_classes)
+
+        return {ENCODE: check}
+
+    # --- 2. and 3. generate from them and train the classifier ---------------------------------------------------
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        if not replies:
+            return None, None
+        uploads = [(i, {k: a.numpy() for k, a in r.content[ENCODINGS].items()}, list(r.content["metrics"]["class-ids"]))
+                   for i, r in enumerate(replies)]  # replies come ordered by partition id
+        encodings, classes, _ = oscar.stack(uploads)
+        t0 = time.perf_counter()
+        g = self.gen_cfg
+        images = self.generator.generate(
+            encodings, self.cfg.images_per_encoding, g.steps, g.guidance_scale, g.size, g.batch_size, self.seed
+        )
+        gen_seconds = time.perf_counter() - t0
+        labels = np.repeat(classes, self.cfg.images_per_encoding)
+        synthetic = ImageSet(images, labels, np.zeros(len(labels), dtype=np.int64))
+        save_image_grid(self.out_dir / "generated.png", synthetic, self.class_names)
+        model = self.model_fn()
+        model.load_state_dict(self._arrays.to_torch_state_dict())
+        t1 = time.perf_counter()
+        c = self.cfg
+        result = fit(model, synthetic, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, momentum=c.momentum,
+                     weight_decay=c.weight_decay, device=self.device, seed=self.seed, step_size=c.step_size,
+                     gamma=c.gamma)
+        metrics = MetricRecord({
+            "encodings": len(classes), "generated-images": len(labels), "generate-seconds": gen_seconds,
+            "images-per-second": len(labels) / gen_seconds, "server-train-seconds": time.perf_counter() - t1,
+            "server-train-loss": result.loss,
+        })
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return ArrayRecord(state), metrics
+
+    # --- 4. federated evaluation on the clients' real test data -------------------------------------------------
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        if self.fraction_evaluate == 0:
+            return []
+        config["server-round"] = server_round
+        nodes = self._sample(grid, self.fraction_evaluate, 1)
+        content = RecordDict({"arrays": arrays, "config": config})
+        return [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        metrics = [r.content["metrics"] for r in replies]
+        if not metrics:
+            return None
+        n = np.array([m["num-examples"] for m in metrics])
+        out = {"acc": float(np.average([m["eval-acc"] for m in metrics], weights=n))}
+        out.update({f"acc-client-{int(m['partition-id'])}": float(m["eval-acc"]) for m in metrics})
+        correct = np.sum([m["domain-correct"] for m in metrics], axis=0)
+        total = np.sum([m["domain-count"] for m in metrics], axis=0)
+        out.update({f"acc-domain-{d}": float(c / t) for d, c, t in zip(self.domain_names, correct, total, strict=True)
+                    if t > 0})
+        return MetricRecord(out)

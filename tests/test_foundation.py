@@ -1,0 +1,100 @@
+"""Foundation models, built tiny and random from configs, saved, and loaded through the real from_pretrained path."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedgen import foundation, oscar
+from fedgen.config import EmbeddedConfig, FoundationConfig
+from fedgen.data.digits import CLASS_NAMES, PALETTE, load_digits_domains
+from fedgen.foundation.captions import describe, vocabulary
+
+CPU = torch.device("cpu")
+CAPTIONS = ["a red handwritten digit seven on a dark background", "a white handwritten digit one on a black background"]
+# tiny_models (conftest): a random BLIP in tiny_models/blip, a random Stable-Diffusion-family pipeline in .../sd
+
+
+def test_captioner_loads_and_captions_batches(tiny_models):
+    cap = foundation.Captioner(str(tiny_models / "blip"), "blip", CPU, torch.float32)
+    images = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    captions = cap.caption(images, batch_size=2, max_new_tokens=6)
+    assert len(captions) == 5 and all(isinstance(c, str) for c in captions)
+    assert set(" ".join(captions).split()) <= set(vocabulary())
+
+
+def test_text_encoder_gives_token_level_and_pooled_encodings(tiny_models):
+    enc = foundation.TextEncoder(str(tiny_models / "sd"), CPU, torch.float32)
+    tokens = enc.encode(CAPTIONS)
+    assert tokens.shape == (2, 16, 32)  # (N, model_max_length, hidden): what conditions the U-Net
+    assert enc.encode(CAPTIONS, pooled=True).shape == (2, 32)
+    assert not torch.allclose(tokens[0], tokens[1])
+    assert torch.allclose(enc.encode(CAPTIONS[:1], batch_size=1), tokens[:1], atol=1e-6)
+
+
+def test_generator_from_stored_embeddings_is_seeded(tiny_models):
+    gen = foundation.Generator(str(tiny_models / "sd"), "ddim", CPU, torch.float32)
+    embeds = foundation.TextEncoder(str(tiny_models / "sd"), CPU, torch.float32).encode(CAPTIONS)
+    a = gen.generate(embeds, per_embedding=3, steps=2, guidance_scale=3.0, size=32, batch_size=4, seed=1,
+                     progress=False)
+    assert a.shape == (6, 32, 32, 3) and a.dtype == np.uint8
+    b = gen.generate(embeds, 3, 2, 3.0, 32, 4, seed=1, progress=False)
+    c = gen.generate(embeds, 3, 2, 3.0, 32, 4, seed=2, progress=False)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert gen.empty_embedding().shape == (1, 16, 32)
+    assert type(foundation.Generator(str(tiny_models / "sd"), "dpm", CPU, torch.float32).pipe.scheduler).__name__ == (
+        "DPMSolverMultistepScheduler")
+
+
+def test_a_missing_model_says_how_to_provide_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a local directory nor a model id.*huggingface-cli download"):
+        foundation.Captioner("no-such-org/no-such-model", "blip", CPU, torch.float32)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no loadable"):
+        foundation.Generator(str(tmp_path / "empty"), "ddim", CPU, torch.float32)
+
+
+def test_embedded_profile_prepares_once_and_loads_through_from_pretrained(tmp_path):
+    cfg = FoundationConfig(cache_dir=str(tmp_path), embedded=EmbeddedConfig(
+        captioner_steps=2, vae_steps=2, generator_steps=2, batch_size=8))
+    with pytest.raises(FileNotFoundError, match="fedgen foundation prepare embedded"):
+        foundation.resolve(cfg)
+    paths = foundation.resolve(cfg, prepare=True)
+    assert paths.profile == "embedded" and (tmp_path / paths.generator).exists()
+    assert foundation.resolve(cfg) == paths  # prepared once, then reused
+    other = FoundationConfig(cache_dir=str(tmp_path), embedded=cfg.embedded.model_copy(update={"seed": 1}))
+    assert foundation.resolve(other, prepare=True).generator != paths.generator  # other settings, other folder
+    cap = foundation.Captioner(paths.captioner, "blip", CPU, torch.float32)
+    assert len(cap.caption(np.zeros((2, 32, 32, 3), np.uint8), 2, 4)) == 2
+    enc = foundation.TextEncoder(paths.generator, CPU, torch.float32).encode(["a red handwritten digit"])
+    assert enc.shape[0] == 1
+
+
+def test_captions_name_class_domain_and_colour():
+    pub = load_digits_domains(0.15, 0.15, 0)["public"]
+    for d, must in [(0, "white"), (1, "black handwritten"), (3, "rotated"), (4, "noisy"), (5, "blurred")]:
+        i = int(np.flatnonzero(pub.domains == d)[0])
+        text = describe(pub.images[i], pub.labels[i], d)
+        assert must in text and CLASS_NAMES[pub.labels[i]] in text.split()
+    colours = {describe(pub.images[i], pub.labels[i], 2).split()[1] for i in np.flatnonzero(pub.domains == 2)}
+    assert colours == set(PALETTE)  # every palette colour is recognised in the coloured domain
+    assert set(vocabulary()) >= set(CLASS_NAMES) | set(PALETTE)
+
+
+def test_class_means_wire_format_and_checks():
+    enc = torch.arange(24, dtype=torch.float32).reshape(4, 2, 3)
+    labels = np.array([1, 3, 1, 3])
+    means = oscar.class_means(enc, labels)
+    assert set(means) == {1, 3} and means[1][1] == 2
+    assert torch.equal(means[1][0], (enc[0] + enc[2]) / 2)
+    arrays, meta = oscar.to_record(means, "float16")
+    assert meta == {"class-ids": [1, 3], "counts": [2, 2]}
+    assert arrays["encodings"].shape == (2, 2, 3) and arrays["encodings"].dtype == torch.float16
+    arrays = {k: v.numpy() for k, v in arrays.items()}
+    assert oscar.check_upload(arrays, meta["class-ids"], meta["counts"], (2, 3), 10) == []
+    bad = oscar.check_upload({"encodings": np.zeros((2, 5, 3))}, [1, 12], [0, 2], (2, 3), 10)
+    assert any("outside 0..9" in p for p in bad) and any("not positive" in p for p in bad)
+    assert any("shape [2, 5, 3], expected [2, 2, 3]" in p for p in bad)
+    assert any("expected one array" in p for p in oscar.check_upload({"x": arrays["encodings"]}, [1, 3], [2, 2],
+                                                                     (2, 3), 10))
+    stacked, classes, clients = oscar.stack([(7, arrays, [1, 3]), (9, {"encodings": arrays["encodings"][:1]}, [0])])
+    assert stacked.shape == (3, 2, 3) and classes.tolist() == [1, 3, 0] and clients.tolist() == [7, 7, 9]
