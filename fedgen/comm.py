@@ -65,9 +65,10 @@ class ByteLedger:
             if e.direction == direction and (round is None or e.round == round) and (tier is None or e.tier == tier)
         )
 
-    def per_client(self, direction: str) -> dict[int, int]:
+    def per_client(self, direction: str, first_round: int = 0) -> dict[int, int]:
+        """Bytes per client in one direction, over the rounds from ``first_round`` on."""
         out: dict[int, int] = defaultdict(int)
         for e in self.entries:
-            if e.direction == direction:
+            if e.direction == direction and e.round >= first_round:
                 out[e.client] += e.bytes
         return dict(out)

@@ -167,9 +167,8 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
 
 def upload_figures(ledger: ByteLedger, model_bytes: int, num_clients: int) -> dict:
     """Upload per client (all rounds; round 0, fedgen's partition query, left out) against one model upload."""
-    per_client = [sum(e.bytes for e in ledger.entries if e.direction == UP and e.round > 0 and e.client == k)
-                  for k in range(num_clients)]
-    mean = float(np.mean(per_client))
+    per_client = ledger.per_client(UP, first_round=1)
+    mean = float(np.mean([per_client.get(k, 0) for k in range(num_clients)]))
     return {"model_upload_bytes": model_bytes, "upload_per_client_bytes": mean,
             "upload_per_client_pct_of_model": 100.0 * mean / model_bytes}
 

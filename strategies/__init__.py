@@ -21,8 +21,6 @@ from strategies.feddyn import FedDyn
 from strategies.local import LocalOnly
 from strategies.oscar import Oscar
 
-STRATEGIES = ("fedavg", "fedprox", "feddyn", "local", "centralized", "oscar")
-
 
 def build_strategy(
     cfg: ExperimentConfig, fed: Federation, model_fn: Callable[[], nn.Module], device: torch.device, out_dir: Path

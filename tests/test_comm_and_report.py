@@ -28,6 +28,7 @@ def test_ledger_totals_by_round_client_and_direction():
     assert ledger.total(UP) == 160 and ledger.total(UP, round=1) == 150 and ledger.total(DOWN) == 70
     assert ledger.total(UP, tier="edge-cloud") == 10
     assert ledger.per_client(UP) == {0: 110, 1: 50}
+    assert ledger.per_client(UP, first_round=2) == {0: 10}
     with pytest.raises(ValueError):
         ledger.add(1, 0, "sideways", 1)
     with pytest.raises(ValueError):

@@ -1,5 +1,7 @@
 """Foundation models, built tiny and random from configs, saved, and loaded through the real from_pretrained path."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -61,6 +63,8 @@ def test_embedded_profile_prepares_once_and_loads_through_from_pretrained(tmp_pa
     paths = foundation.resolve(cfg, prepare=True)
     assert paths.profile == "embedded" and (tmp_path / paths.generator).exists()
     assert foundation.resolve(cfg) == paths  # prepared once, then reused
+    manifest = json.loads((tmp_path / paths.generator).parent.joinpath("fedgen-embedded.json").read_text())
+    assert 0.0 <= manifest["captioner_digit_accuracy_on_public"] <= 1.0 and manifest["seconds"]["total"] > 0
     other = FoundationConfig(cache_dir=str(tmp_path), embedded=cfg.embedded.model_copy(update={"seed": 1}))
     assert foundation.resolve(other, prepare=True).generator != paths.generator  # other settings, other folder
     cap = foundation.Captioner(paths.captioner, "blip", CPU, torch.float32)

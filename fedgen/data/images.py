@@ -49,7 +49,3 @@ class ImageSet:
 
     def label_histogram(self, num_classes: int) -> np.ndarray:
         return np.bincount(self.labels, minlength=num_classes)
-
-
-def empty_like(images: ImageSet) -> ImageSet:
-    return images.subset(np.zeros(0, dtype=np.int64))

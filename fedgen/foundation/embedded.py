@@ -94,6 +94,11 @@ def prepare_embedded(cfg: EmbeddedConfig, cache_dir: str | Path, progress: bool 
         "captioner", list(captioner.parameters()), cfg.captioner_steps, cfg.lr, caption_loss,
         _batches(len(public), cfg.batch_size, cfg.captioner_steps, gen), progress,
     )
+    captioner.eval()
+    with torch.no_grad():
+        made = processor.batch_decode(captioner.generate(pixel_values=pixels, max_new_tokens=MAX_TOKENS),
+                                      skip_special_tokens=True)
+    report["captioner_digit_accuracy_on_public"] = caption_accuracy(made, public.labels)
     report["seconds"]["captioner"] = time.perf_counter() - t
 
     # 2. the autoencoder
