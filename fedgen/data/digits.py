@@ -115,14 +115,22 @@ def load_digits_domains(public_fraction: float, test_fraction: float, split_seed
     }
 
 
-def save_domain_grid(path: str, split_seed: int = 0) -> None:
+def default_public_split() -> ImageSet:
+    """The server-held public split under the config's default fractions and split seed."""
+    from fedgen.config import DataConfig
+
+    d = DataConfig()
+    return load_digits_domains(d.public_fraction, d.test_fraction, d.split_seed)["public"]
+
+
+def save_domain_grid(path: str) -> None:
     """A PNG grid: one row per domain, one column per class (from the server-held public split)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    public = load_digits_domains(0.15, 0.15, split_seed)["public"]
+    public = default_public_split()
     fig, axes = plt.subplots(len(DOMAIN_NAMES), len(CLASS_NAMES), figsize=(len(CLASS_NAMES), len(DOMAIN_NAMES) + 0.4))
     for d, row in enumerate(axes):
         for c, ax in enumerate(row):

@@ -23,16 +23,15 @@ from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
 from fedgen.config import EmbeddedConfig
-from fedgen.data.digits import load_digits_domains
+from fedgen.data.digits import SIZE as DIGITS_SIZE
+from fedgen.data.digits import default_public_split
 from fedgen.foundation.captions import describe, vocabulary
 from fedgen.foundation.tiny import blip_captioner, blip_processor, clip_tokenizer, sd_pipeline
 
-SIZE = 32
+SIZE = DIGITS_SIZE
 MAX_TOKENS = 16
 CFG_DROPOUT = 0.1
 MANIFEST = "fedgen-embedded.json"
-# The public split of digits-domains with its default fractions and split seed (what every embedded profile uses).
-PUBLIC_SPLIT = dict(public_fraction=0.15, test_fraction=0.15, split_seed=0)
 
 
 def profile_dir(cache_dir: str | Path, cfg: EmbeddedConfig) -> Path:
@@ -75,7 +74,7 @@ def prepare_embedded(cfg: EmbeddedConfig, cache_dir: str | Path, progress: bool 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    public = load_digits_domains(**PUBLIC_SPLIT)["public"]
+    public = default_public_split()
     captions = [describe(public.images[i], public.labels[i], public.domains[i]) for i in range(len(public))]
     images = torch.from_numpy(public.images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
     report: dict = {"settings": cfg.model_dump(), "public_images": len(public), "seconds": {}}
