@@ -14,8 +14,6 @@ from clients.common import client_data
 from fedgen import foundation, oscar
 from fedgen.train import resolve_device
 
-ENCODINGS = "encodings"
-
 
 def encode(msg: Message, context: Context) -> Message:
     cfg, fed, pid = client_data(msg, context)
@@ -33,4 +31,4 @@ def encode(msg: Message, context: Context) -> Message:
     metrics = MetricRecord(
         {**meta, "num-examples": len(data), "caption-seconds": t1 - t0, "encode-seconds": time.perf_counter() - t1}
     )
-    return Message(content=RecordDict({ENCODINGS: ArrayRecord(arrays), "metrics": metrics}), reply_to=msg)
+    return Message(content=RecordDict({oscar.RECORD: ArrayRecord(arrays), "metrics": metrics}), reply_to=msg)

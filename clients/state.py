@@ -25,17 +25,20 @@ def _folder(msg: Message, context: Context) -> Path | None:
     return Path(str(where)) if where else None
 
 
+def _saved(folder: Path, name: str, pid: int) -> list[tuple[int, Path]]:
+    """This client's saved files of ``name``, as (round, path), oldest first."""
+    pattern = re.compile(rf"{re.escape(name)}-p{pid}-r(\d+)\.pt")
+    found = ((pattern.fullmatch(f.name), f) for f in folder.glob(f"{name}-p{pid}-r*.pt"))
+    return sorted((int(m.group(1)), f) for m, f in found if m)
+
+
 def load(msg: Message, context: Context, name: str, pid: int) -> list[torch.Tensor] | None:
     folder = _folder(msg, context)
     if folder is None:
         record = context.state.array_records.get(name)
         return list(record.to_torch_state_dict().values()) if record is not None else None
     rnd = server_round(msg)
-    pattern = re.compile(rf"{re.escape(name)}-p{pid}-r(\d+)\.pt")
-    saved = sorted(
-        (int(m.group(1)), f) for f in folder.glob(f"{name}-p{pid}-r*.pt") if (m := pattern.fullmatch(f.name))
-    )
-    earlier = [f for r, f in saved if r < rnd]
+    earlier = [f for r, f in _saved(folder, name, pid) if r < rnd]
     return torch.load(earlier[-1]) if earlier else None
 
 
@@ -50,5 +53,5 @@ def save(msg: Message, context: Context, name: str, pid: int, tensors: list[torc
     tmp = folder / f"{name}-p{pid}-r{rnd}.tmp"
     torch.save(tensors, tmp)
     tmp.replace(folder / f"{name}-p{pid}-r{rnd}.pt")
-    for old in sorted(folder.glob(f"{name}-p{pid}-r*.pt"), key=lambda f: int(f.stem.rsplit("-r", 1)[1]))[:-KEEP]:
+    for _, old in _saved(folder, name, pid)[:-KEEP]:
         old.unlink(missing_ok=True)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+RECORD = "encodings"
+"""The reply's ArrayRecord holding the upload."""
 KEY = "encodings"
+"""The one array in it: (classes, sequence, hidden)."""
 
 
 def class_means(encodings: torch.Tensor, labels: np.ndarray) -> dict[int, tuple[torch.Tensor, int]]:

@@ -29,7 +29,6 @@ from fedgen.results import save_image_grid
 from fedgen.train import fit
 
 ENCODE = f"{MessageType.TRAIN}.encode"
-ENCODINGS = "encodings"
 
 
 class Oscar(Strategy):
@@ -93,10 +92,10 @@ class Oscar(Strategy):
         shape = tuple(self.generator.empty_embedding().shape[1:])
 
         def check(sent: RecordDict, reply: RecordDict) -> list[str]:
-            if ENCODINGS not in reply.array_records or "metrics" not in reply.metric_records:
-                return [f"missing record '{ENCODINGS}' or 'metrics'"]
+            if oscar.RECORD not in reply.array_records or "metrics" not in reply.metric_records:
+                return [f"missing record '{oscar.RECORD}' or 'metrics'"]
             m = reply["metrics"]
-            arrays = {k: a.numpy() for k, a in reply[ENCODINGS].items()}
+            arrays = {k: a.numpy() for k, a in reply[oscar.RECORD].items()}
             return oscar.check_upload(arrays, list(m.get("class-ids", [])), list(m.get("counts", [])), shape,
                                       self.num_classes)
 
@@ -107,8 +106,10 @@ class Oscar(Strategy):
         replies = list(replies)
         if not replies:
             return None, None
-        uploads = [(i, {k: a.numpy() for k, a in r.content[ENCODINGS].items()}, list(r.content["metrics"]["class-ids"]))
-                   for i, r in enumerate(replies)]  # replies come ordered by partition id
+        uploads = [  # replies come ordered by partition id
+            (i, {k: a.numpy() for k, a in r.content[oscar.RECORD].items()}, list(r.content["metrics"]["class-ids"]))
+            for i, r in enumerate(replies)
+        ]
         encodings, classes, _ = oscar.stack(uploads)
         t0 = time.perf_counter()
         g = self.gen_cfg
