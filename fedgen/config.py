@@ -124,7 +124,7 @@ class GeneratorConfig(_Section):
 class EmbeddedConfig(_Section):
     """`fedgen foundation prepare embedded`: small models pre-trained on the server-held public split."""
 
-    captioner_steps: PositiveInt = 1000
+    captioner_steps: PositiveInt = 3000
     vae_steps: PositiveInt = 400
     generator_steps: PositiveInt = 1500
     batch_size: PositiveInt = 32

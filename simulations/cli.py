@@ -110,7 +110,7 @@ def _prepare(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     folder = prepare_embedded(cfg.embedded, cfg.cache_dir)
     manifest = json.loads((folder / MANIFEST).read_text())
-    keys = ("seconds", "captioner_loss", "captioner_digit_accuracy_on_public", "vae_loss", "diffusion_loss")
+    keys = ("seconds", "captioner_loss", "captioner_digit_accuracy_on_test", "vae_loss", "diffusion_loss")
     print(json.dumps({k: manifest[k] for k in keys}, indent=2))
     print(f"embedded foundation models in {folder} ({time.perf_counter() - t0:.1f} s this call)")
     return 0

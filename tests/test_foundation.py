@@ -64,13 +64,17 @@ def test_embedded_profile_prepares_once_and_loads_through_from_pretrained(tmp_pa
     assert paths.profile == "embedded" and (tmp_path / paths.generator).exists()
     assert foundation.resolve(cfg) == paths  # prepared once, then reused
     manifest = json.loads((tmp_path / paths.generator).parent.joinpath("fedgen-embedded.json").read_text())
-    assert 0.0 <= manifest["captioner_digit_accuracy_on_public"] <= 1.0 and manifest["seconds"]["total"] > 0
+    assert 0.0 <= manifest["captioner_digit_accuracy_on_test"] <= 1.0 and manifest["seconds"]["total"] > 0
     other = FoundationConfig(cache_dir=str(tmp_path), embedded=cfg.embedded.model_copy(update={"seed": 1}))
     assert foundation.resolve(other, prepare=True).generator != paths.generator  # other settings, other folder
     cap = foundation.Captioner(paths.captioner, "blip", CPU, torch.float32)
     assert len(cap.caption(np.zeros((2, 32, 32, 3), np.uint8), 2, 4)) == 2
     enc = foundation.TextEncoder(paths.generator, CPU, torch.float32).encode(["a red handwritten digit"])
     assert enc.shape[0] == 1
+    pipe = foundation.Generator(paths.generator, "dpm", CPU, torch.float32).pipe
+    # trained for v-prediction, and any scheduler swapped in keeps it; the prompt also reaches the time embedding
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.unet.config.addition_embed_type == "text"
 
 
 def test_captions_name_class_domain_and_colour():

@@ -115,12 +115,17 @@ def load_digits_domains(public_fraction: float, test_fraction: float, split_seed
     }
 
 
-def default_public_split() -> ImageSet:
-    """The server-held public split under the config's default fractions and split seed."""
+def default_splits() -> dict[str, ImageSet]:
+    """The three splits under the config's default fractions and split seed."""
     from fedgen.config import DataConfig
 
     d = DataConfig()
-    return load_digits_domains(d.public_fraction, d.test_fraction, d.split_seed)["public"]
+    return load_digits_domains(d.public_fraction, d.test_fraction, d.split_seed)
+
+
+def default_public_split() -> ImageSet:
+    """The server-held public split under the config's default fractions and split seed."""
+    return default_splits()["public"]
 
 
 def save_domain_grid(path: str) -> None:

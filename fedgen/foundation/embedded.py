@@ -2,10 +2,13 @@
 digits-domains' server-held public split (no client data, no download), saved in Hugging Face format.
 
 `fedgen foundation prepare embedded` (or the first run that asks for the profile) trains:
-1. a BLIP captioner (BlipForConditionalGeneration) on (image, caption) pairs;
+1. a BLIP captioner (BlipForConditionalGeneration) on (image, caption) pairs, with an auxiliary linear class probe
+   on its vision tower's [CLS] output (discarded afterwards): a ViT trained from scratch on 1,620 images learns the
+   digit far faster with it (held-out caption digit accuracy 0.85 against 0.65 without, same steps);
 2. the autoencoder of a Stable-Diffusion-family pipeline (32x32 images, 4x8x8 latents);
-3. its U-Net and CLIP text encoder together, with the DDPM loss and 10% empty captions (for classifier-free
-   guidance).
+3. its U-Net and CLIP text encoder together, with v-prediction (as Stable Diffusion 2.x) and 10% empty captions
+   (for classifier-free guidance). With the DDPM epsilon loss the same budget learned the style but not the digit
+   (17% of generated digits recognisable as the prompt's, against 97% with v-prediction).
 Captions come from class, domain and colour ("a red handwritten digit seven on a dark background").
 """
 
@@ -23,8 +26,8 @@ from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
 from fedgen.config import EmbeddedConfig
+from fedgen.data.digits import CLASS_NAMES, default_splits
 from fedgen.data.digits import SIZE as DIGITS_SIZE
-from fedgen.data.digits import default_public_split
 from fedgen.foundation.captions import describe, vocabulary
 from fedgen.foundation.tiny import blip_captioner, blip_processor, clip_tokenizer, sd_pipeline
 
@@ -74,7 +77,8 @@ def prepare_embedded(cfg: EmbeddedConfig, cache_dir: str | Path, progress: bool 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    public = default_public_split()
+    splits = default_splits()
+    public, test = splits["public"], splits["test"]
     captions = [describe(public.images[i], public.labels[i], public.domains[i]) for i in range(len(public))]
     images = torch.from_numpy(public.images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
     report: dict = {"settings": cfg.model_dump(), "public_images": len(public), "seconds": {}}
@@ -82,22 +86,27 @@ def prepare_embedded(cfg: EmbeddedConfig, cache_dir: str | Path, progress: bool 
     # 1. the captioner
     t = time.perf_counter()
     processor = blip_processor(vocabulary(), SIZE)
-    captioner = blip_captioner(processor)
+    captioner = blip_captioner(processor, patch=8)
+    probe = torch.nn.Linear(captioner.config.vision_config.hidden_size, len(CLASS_NAMES))
     enc = processor(images=list(public.images), text=captions, return_tensors="pt", padding=True)
     pixels, ids, mask = enc["pixel_values"], enc["input_ids"], enc["attention_mask"]
+    labels = torch.from_numpy(public.labels)
 
     def caption_loss(idx):
-        return captioner(pixel_values=pixels[idx], input_ids=ids[idx], attention_mask=mask[idx], labels=ids[idx]).loss
+        out = captioner(pixel_values=pixels[idx], input_ids=ids[idx], attention_mask=mask[idx], labels=ids[idx])
+        return out.loss + F.cross_entropy(probe(out.image_embeds[:, 0]), labels[idx])
 
     report["captioner_loss"] = _train(
-        "captioner", list(captioner.parameters()), cfg.captioner_steps, cfg.lr, caption_loss,
+        "captioner", list(captioner.parameters()) + list(probe.parameters()), cfg.captioner_steps, cfg.lr,
+        caption_loss,
         _batches(len(public), cfg.batch_size, cfg.captioner_steps, gen), progress,
     )
     captioner.eval()
-    with torch.no_grad():
-        made = processor.batch_decode(captioner.generate(pixel_values=pixels, max_new_tokens=MAX_TOKENS),
+    with torch.no_grad():  # a check on the server's held-out test split, never trained on
+        test_pixels = processor(images=list(test.images), return_tensors="pt")["pixel_values"]
+        made = processor.batch_decode(captioner.generate(pixel_values=test_pixels, max_new_tokens=MAX_TOKENS),
                                       skip_special_tokens=True)
-    report["captioner_digit_accuracy_on_public"] = caption_accuracy(made, public.labels)
+    report["captioner_digit_accuracy_on_test"] = caption_accuracy(made, test.labels)
     report["seconds"]["captioner"] = time.perf_counter() - t
 
     # 2. the autoencoder
@@ -139,7 +148,7 @@ def prepare_embedded(cfg: EmbeddedConfig, cache_dir: str | Path, progress: bool 
         tokens = torch.where(drop[:, None], empty_ids.expand(len(idx), -1), text_ids[idx])
         hidden = text_encoder(tokens)[0]
         pred = unet(noise_sched.add_noise(latents, noise, steps), steps, encoder_hidden_states=hidden).sample
-        return F.mse_loss(pred, noise)
+        return F.mse_loss(pred, noise_sched.get_velocity(latents, noise, steps))  # v-prediction
 
     report["diffusion_loss"] = _train(
         "generator", list(unet.parameters()) + list(text_encoder.parameters()), cfg.generator_steps, cfg.lr,
@@ -160,6 +169,4 @@ def prepare_embedded(cfg: EmbeddedConfig, cache_dir: str | Path, progress: bool 
 
 def caption_accuracy(captions: list[str], labels: np.ndarray) -> float:
     """Share of captions naming the right digit (a check of the captioner)."""
-    from fedgen.data.digits import CLASS_NAMES
-
     return float(np.mean([CLASS_NAMES[y] in c.split() for c, y in zip(captions, labels, strict=True)]))

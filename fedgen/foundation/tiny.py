@@ -79,9 +79,14 @@ def sd_pipeline(
     text_width: int = 32,
     vae_channels: tuple[int, ...] = (16, 32, 32),
     unet_channels: tuple[int, int] = (32, 64),
+    pooled_text: bool = True,
 ) -> StableDiffusionPipeline:
     """A Stable-Diffusion-family pipeline: CLIP text encoder, KL autoencoder (each extra VAE block halves the latent
-    side: 32x32 images -> 8x8 latents by default), conditional U-Net, DDIM scheduler."""
+    side: 32x32 images -> 8x8 latents by default), conditional U-Net, DDIM scheduler.
+
+    ``pooled_text`` adds an attention-pooled summary of the prompt encoding to the U-Net's time embedding
+    (diffusers' ``addition_embed_type="text"``, as in DeepFloyd IF), so every residual block sees the prompt, not
+    only the cross-attention layers; the pipeline still conditions on ``prompt_embeds`` alone."""
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=2,
@@ -101,10 +106,12 @@ def sd_pipeline(
         sample_size=latent, in_channels=4, out_channels=4, block_out_channels=unet_channels,
         layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=text_width, attention_head_dim=8,
-        norm_num_groups=8,
+        norm_num_groups=8, addition_embed_type="text" if pooled_text else None,
+        addition_embed_type_num_heads=max(1, text_width // 16),
     )
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+                              beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              prediction_type="v_prediction")
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
