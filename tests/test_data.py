@@ -55,6 +55,25 @@ def test_iid_partition_is_even_and_disjoint():
     assert len(np.unique(np.concatenate(parts))) == len(labels)
 
 
+def test_partitions_are_computed_only_for_the_clients_asked_for():
+    from fedgen.data.partition import LazyPartitions
+
+    class Counting:
+        def __init__(self):
+            self.asked = []
+
+        def load_partition(self, k):
+            self.asked.append(k)
+            return {"idx": [k]}
+
+    inner = Counting()
+    parts = LazyPartitions(inner, 5000)
+    assert len(parts) == 5000 and inner.asked == [0]  # partition 0 at once, to fail early on impossible settings
+    assert parts[4321].tolist() == [4321] and parts[4321].tolist() == [4321] and inner.asked == [0, 4321]
+    with pytest.raises(IndexError):
+        parts[5000]
+
+
 def test_dirichlet_skew_grows_as_alpha_shrinks():
     labels, domains = _labels_domains()
     skewed = partition_indices(labels, domains, PartitionConfig(kind="dirichlet", alpha=0.1), 8, seed=0)

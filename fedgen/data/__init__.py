@@ -7,6 +7,7 @@ so that virtual clients sharing a Ray worker build it once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -37,7 +38,7 @@ class Federation:
     pool: ImageSet
     test: ImageSet
     public: ImageSet
-    partitions: list[np.ndarray]
+    partitions: Sequence[np.ndarray]
     client_test_fraction: float
     seed: int
 

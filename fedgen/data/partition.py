@@ -6,6 +6,8 @@ are and a client materialises its own partition on demand.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import datasets
 import numpy as np
 from flwr_datasets.partitioner import (
@@ -30,10 +32,31 @@ def longtail_indices(labels: np.ndarray, imbalance_factor: float, seed: int) -> 
     return np.sort(np.concatenate(keep))
 
 
+class LazyPartitions(Sequence):
+    """Client k's pool indices, computed when first asked for and then kept: with thousands of virtual clients, a
+    process pays only for the partitions it serves (flwr-datasets' IID partitioner shards per call, about 3 ms)."""
+
+    def __init__(self, partitioner, num_clients: int) -> None:
+        self._partitioner = partitioner
+        self._num_clients = num_clients
+        self._loaded: dict[int, np.ndarray] = {}
+        self[0]  # fail now on an impossible partitioning (Dirichlet and pathological compute all at once here)
+
+    def __len__(self) -> int:
+        return self._num_clients
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if not 0 <= k < self._num_clients:
+            raise IndexError(k)
+        if k not in self._loaded:
+            self._loaded[k] = np.asarray(self._partitioner.load_partition(k)["idx"], dtype=np.int64)
+        return self._loaded[k]
+
+
 def partition_indices(
     labels: np.ndarray, domains: np.ndarray, cfg: PartitionConfig, num_clients: int, seed: int
-) -> list[np.ndarray]:
-    """Indices into the pool for each client, by the configured scheme."""
+) -> Sequence[np.ndarray]:
+    """Indices into the pool for each client, by the configured scheme (computed per client on first use)."""
     index = np.arange(len(labels))
     if cfg.kind == "longtail":
         index = longtail_indices(labels, cfg.imbalance_factor, seed)
@@ -78,9 +101,9 @@ def partition_indices(
     else:  # pragma: no cover - the schema closes the choice
         raise ValueError(cfg.kind)
     partitioner.dataset = table
-    parts = [np.asarray(partitioner.load_partition(k)["idx"], dtype=np.int64) for k in range(num_clients)]
+    parts = LazyPartitions(partitioner, num_clients)
     if cfg.kind == "domain":  # partition k holds domain k
-        parts.sort(key=lambda p: int(domains[p[0]]))
+        return sorted(parts, key=lambda p: int(domains[p[0]]))
     return parts
 
 
