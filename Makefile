@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/fedgen-ray
 export MPLBACKEND ?= Agg
 
-.PHONY: install run test test-fast compare compare-ci deploy-up deploy-down lint clean
+.PHONY: install run test test-fast compare compare-ci bench deploy-up deploy-down lint clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ compare: install   ## make compare SUITE=path/to/suite.yaml
 compare-ci: install
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare simulations/configs/suite_ci.yaml --out runs/compare-ci --check
+
+bench: install   ## figures into bench/results/<name>.json: make bench [BENCH="overhead scale ..."]
+	@mkdir -p $(RAY_TMPDIR)
+	$(VENV)/bin/fedgen bench $(BENCH) --out bench/results
 
 test: install
 	@mkdir -p $(RAY_TMPDIR)

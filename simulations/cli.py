@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     fp.add_argument("profile", choices=["embedded"])
     fp.add_argument("config", nargs="?", help="an experiment YAML whose foundation section to use (default: defaults)")
     fp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    b = sub.add_parser("bench", help="benchmarks: overhead, scale, bytes, generation, throughput (default: all)")
+    b.add_argument("names", nargs="*")
+    b.add_argument("--out", default="bench/results", help="folder of the <name>.json results")
     d = sub.add_parser("domains", help="draw the digits-domains benchmark as a grid of domains x classes")
     d.add_argument("--out", default="docs/digits_domains.png")
     return p
@@ -154,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             return _deploy(args)
         elif args.command == "foundation":
             return _prepare(args)
+        elif args.command == "bench":
+            from simulations.bench import main as bench
+
+            return bench(args.names, args.out)
         elif args.command == "domains":
             from fedgen.data.digits import save_domain_grid
 

@@ -1,0 +1,36 @@
+"""The benchmark harness: its measurements are real and land in JSON with the machine (figures are not asserted)."""
+
+import json
+import os
+
+from simulations import bench
+
+
+def test_process_tree_memory_counts_children(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    alone = bench.tree_pss_bytes(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(200 * 2**20); time.sleep(30)"])
+    try:
+        time.sleep(3)
+        assert bench.tree_pss_bytes(os.getpid()) - alone > 150 * 2**20
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_oscar_upload_is_its_wire_format():
+    half = bench.oscar_upload_bytes(10, 16, 32, "float16")
+    full = bench.oscar_upload_bytes(10, 16, 32, "float32")
+    assert 10 * 16 * 32 * 2 < half < 10 * 16 * 32 * 2 + 2000
+    assert full - half == 10 * 16 * 32 * 2
+
+
+def test_a_benchmark_writes_its_figures_and_the_machine(tmp_path):
+    assert bench.main(["throughput"], str(tmp_path)) == 0
+    result = json.loads((tmp_path / "throughput.json").read_text())
+    assert result["machine"]["cpu_cores"] == os.cpu_count() and "torch" in result["machine"]["versions"]
+    assert result["ours_images_per_s"] > 0 and result["bare_images_per_s"] > 0
+    assert bench.main(["nope"], str(tmp_path)) == 2
