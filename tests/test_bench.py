@@ -12,7 +12,7 @@ def test_process_tree_memory_counts_children(tmp_path):
     import time
 
     alone = bench.tree_pss_bytes(os.getpid())
-    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(200 * 2**20); time.sleep(30)"])
+    child = subprocess.Popen([sys.executable, "-c", 'import time; x = b"x" * (200 * 2**20); time.sleep(30)'])
     try:
         time.sleep(3)
         assert bench.tree_pss_bytes(os.getpid()) - alone > 150 * 2**20
