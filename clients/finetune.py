@@ -14,7 +14,8 @@ from clients import state as client_state
 from clients.common import client_data, server_round
 from fedgen import feddyn
 from fedgen.models import build_model
-from fedgen.train import client_seed, domain_counts, predict, proximal_penalty, resolve_device
+from fedgen.train import client_seed, proximal_penalty, resolve_device
+from fedgen.train import evaluate as evaluate_model
 from fedgen.train import train as train_model
 
 FEDDYN_STATE = "feddyn-grad"
@@ -61,13 +62,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on this client's local test split (overall and per domain)."""
     cfg, fed, pid = client_data(msg, context)
     _, test = fed.client(pid)
-    model = _model(cfg, fed, msg)
-    losses, preds = predict(model, test, cfg.train.eval_batch_size, resolve_device(cfg.device))
-    correct, total = domain_counts(preds, test, len(fed.domain_names))
+    scores = evaluate_model(_model(cfg, fed, msg), test, cfg.train.eval_batch_size, resolve_device(cfg.device),
+                            len(fed.domain_names))
     metrics = MetricRecord({
-        "eval-loss": float(losses.mean()), "eval-acc": float((preds == test.labels).mean()),
-        "num-examples": len(test), "partition-id": pid,
-        "domain-correct": correct.tolist(), "domain-count": total.tolist(),
+        "eval-loss": scores.loss, "eval-acc": scores.accuracy, "num-examples": len(test), "partition-id": pid,
+        "domain-correct": scores.domain_correct.tolist(), "domain-count": scores.domain_total.tolist(),
     })
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 

@@ -121,13 +121,23 @@ def predict(model: nn.Module, data: ImageSet, batch_size: int, device: torch.dev
     return torch.cat(losses).numpy(), torch.cat(preds).numpy()
 
 
-def evaluate(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy) of ``model`` on ``data``."""
+@dataclass(frozen=True)
+class Scores:
+    """A model's mean cross-entropy loss and accuracy on a dataset, and its correct / total counts per domain id."""
+
+    loss: float
+    accuracy: float
+    domain_correct: np.ndarray
+    domain_total: np.ndarray
+
+
+def evaluate(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device, num_domains: int) -> Scores:
     losses, preds = predict(model, data, batch_size, device)
-    return float(losses.mean()), float((preds == data.labels).mean())
+    right = preds == data.labels
+    correct = np.bincount(data.domains, weights=right, minlength=num_domains).astype(np.int64)
+    return Scores(float(losses.mean()), float(right.mean()), correct, np.bincount(data.domains, minlength=num_domains))
 
 
-def domain_counts(preds: np.ndarray, data: ImageSet, num_domains: int) -> tuple[np.ndarray, np.ndarray]:
-    """(correct, total) per domain id."""
-    correct = np.bincount(data.domains, weights=(preds == data.labels), minlength=num_domains)
-    return correct.astype(np.int64), np.bincount(data.domains, minlength=num_domains)
+def domain_accuracy(domain_names: list[str], correct, total) -> dict[str, float]:
+    """Accuracy per domain name, for the domains that have examples (counts may be summed over clients)."""
+    return {d: float(c / t) for d, c, t in zip(domain_names, correct, total, strict=True) if t > 0}

@@ -95,7 +95,7 @@ def bare_fedavg_rounds(cfg, rounds: int) -> list[float]:
     """FedAvg's arithmetic in one process: the same clients, local steps, data and global evaluation, no Flower."""
     from fedgen.data import load_federation
     from fedgen.models import build_model
-    from fedgen.train import client_seed, predict, resolve_device, train
+    from fedgen.train import client_seed, evaluate, resolve_device, train
 
     fed = load_federation(cfg.data, cfg.seed)
     device = resolve_device(cfg.device)  # the device the virtual clients use
@@ -119,7 +119,7 @@ def bare_fedavg_rounds(cfg, rounds: int) -> list[float]:
                 for key in glob}
         model = new_model()
         model.load_state_dict(glob)
-        predict(model, fed.test, cfg.train.eval_batch_size, device)
+        evaluate(model, fed.test, cfg.train.eval_batch_size, device, len(fed.domain_names))
         times.append(time.perf_counter() - t)
     return times
 

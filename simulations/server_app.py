@@ -28,7 +28,7 @@ from fedgen.config import ExperimentConfig, load_config
 from fedgen.data import load_federation
 from fedgen.models import build_model
 from fedgen.results import RunRecorder, read_rounds
-from fedgen.train import domain_counts, predict, resolve_device
+from fedgen.train import domain_accuracy, evaluate, resolve_device
 from simulations.grid import AccountedGrid
 from simulations.loop import run_rounds
 from strategies import build_strategy
@@ -107,12 +107,11 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
             metrics = strategy.evaluate_global(server_round, arrays, cfg.train.eval_batch_size)
         else:
             model.load_state_dict(arrays.to_torch_state_dict())
-            losses, preds = predict(model, fed.test, cfg.train.eval_batch_size, device)
-            correct, total = domain_counts(preds, fed.test, len(fed.domain_names))
+            scores = evaluate(model, fed.test, cfg.train.eval_batch_size, device, len(fed.domain_names))
             metrics = MetricRecord({
-                "accuracy": float((preds == fed.test.labels).mean()), "loss": float(losses.mean()),
-                **{f"test/acc-{d}": float(c / t)
-                   for d, c, t in zip(fed.domain_names, correct, total, strict=True) if t > 0},
+                "accuracy": scores.accuracy, "loss": scores.loss,
+                **{f"test/acc-{d}": acc for d, acc in
+                   domain_accuracy(fed.domain_names, scores.domain_correct, scores.domain_total).items()},
             })
         extra = {**extras, **{k: v for k, v in metrics.items() if k not in ("accuracy", "loss")}}
         row = recorder.record_round(server_round, metrics["accuracy"], metrics["loss"], **extra)

@@ -43,9 +43,9 @@ class LocalOnly(ServerSideTraining):
         for state in states:
             model = self.model_fn()
             model.load_state_dict(state)
-            loss, acc = evaluate(model, self.fed.test, batch_size, self.device)
-            accs.append(acc)
-            losses.append(loss)
+            scores = evaluate(model, self.fed.test, batch_size, self.device, len(self.fed.domain_names))
+            accs.append(scores.accuracy)
+            losses.append(scores.loss)
         return MetricRecord(
             {
                 "accuracy": float(np.mean(accs)),

@@ -26,7 +26,7 @@ from fedgen import oscar
 from fedgen.config import GeneratorConfig, OscarConfig
 from fedgen.data import ImageSet
 from fedgen.results import save_image_grid
-from fedgen.train import fit
+from fedgen.train import domain_accuracy, fit
 
 ENCODE = f"{MessageType.TRAIN}.encode"
 
@@ -153,6 +153,5 @@ class Oscar(Strategy):
         out.update({f"acc-client-{int(m['partition-id'])}": float(m["eval-acc"]) for m in metrics})
         correct = np.sum([m["domain-correct"] for m in metrics], axis=0)
         total = np.sum([m["domain-count"] for m in metrics], axis=0)
-        out.update({f"acc-domain-{d}": float(c / t) for d, c, t in zip(self.domain_names, correct, total, strict=True)
-                    if t > 0})
+        out.update({f"acc-domain-{d}": acc for d, acc in domain_accuracy(self.domain_names, correct, total).items()})
         return MetricRecord(out)
