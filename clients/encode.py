@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 
 from clients.common import client_data
 from fedgen import foundation, oscar
@@ -27,8 +27,6 @@ def encode(msg: Message, context: Context) -> Message:
                                  cfg.foundation.captioner.max_new_tokens)
     t1 = time.perf_counter()
     encodings = foundation.text_encoder(paths.generator, str(device), dtype).encode(captions)
-    arrays, meta = oscar.to_record(oscar.class_means(encodings, data.labels), cfg.oscar.encoding_dtype)
-    metrics = MetricRecord(
-        {**meta, "num-examples": len(data), "caption-seconds": t1 - t0, "encode-seconds": time.perf_counter() - t1}
-    )
-    return Message(content=RecordDict({oscar.RECORD: ArrayRecord(arrays), "metrics": metrics}), reply_to=msg)
+    content = oscar.reply_content(oscar.class_means(encodings, data.labels), cfg.oscar.encoding_dtype, len(data),
+                                  caption_seconds=t1 - t0, encode_seconds=time.perf_counter() - t1)
+    return Message(content=content, reply_to=msg)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 RECORD = "encodings"
 """The reply's ArrayRecord holding the upload."""
@@ -32,6 +33,17 @@ def to_record(means: dict[int, tuple[torch.Tensor, int]], dtype: str) -> tuple[d
     classes = sorted(means)
     stacked = torch.stack([means[c][0] for c in classes]).to(getattr(torch, dtype)).contiguous()
     return {KEY: stacked}, {"class-ids": classes, "counts": [means[c][1] for c in classes]}
+
+
+def reply_content(
+    means: dict[int, tuple[torch.Tensor, int]], dtype: str, num_examples: int, caption_seconds: float,
+    encode_seconds: float,
+) -> RecordDict:
+    """A client's whole reply: the upload plus its example count and timings."""
+    arrays, meta = to_record(means, dtype)
+    metrics = {**meta, "num-examples": num_examples, "caption-seconds": caption_seconds,
+               "encode-seconds": encode_seconds}
+    return RecordDict({RECORD: ArrayRecord(arrays), "metrics": MetricRecord(metrics)})
 
 
 def check_upload(arrays: dict[str, np.ndarray], class_ids: list[int], counts: list[int], shape: tuple[int, int],

@@ -172,15 +172,11 @@ def scale(out: Path, work: Path, sizes=(100, 1000, 5000), sampled: int = 10, rou
 # --- 3. bytes -------------------------------------------------------------------------------------------------------
 def oscar_upload_bytes(classes: int, seq: int, hidden: int, dtype: str) -> int:
     """The bytes of one OSCAR reply (encodings, class ids, counts) for a text encoder of this shape."""
-    from flwr.app import ArrayRecord, MetricRecord, RecordDict
-
     from fedgen import oscar
     from fedgen.comm import record_bytes
 
     means = {c: (torch.zeros(seq, hidden), 100) for c in range(classes)}
-    arrays, meta = oscar.to_record(means, dtype)
-    metrics = {**meta, "num-examples": 100 * classes, "caption-seconds": 0.0, "encode-seconds": 0.0}  # as the client
-    return record_bytes(RecordDict({oscar.RECORD: ArrayRecord(arrays), "metrics": MetricRecord(metrics)}))
+    return record_bytes(oscar.reply_content(means, dtype, 100 * classes, caption_seconds=0.0, encode_seconds=0.0))
 
 
 def bytes_(out: Path, work: Path) -> dict:
