@@ -10,6 +10,7 @@ fedgen deploy run CONFIG [--set key=value ...] [--out DIR] [--dir DIR]  run an e
 fedgen deploy down [--dir DIR]                      stop exactly what `up` started
 fedgen deploy certs DIR                             a throwaway CA and server certificate (testing only)
 fedgen foundation prepare embedded [CONFIG] [--set ...]   pre-train the embedded captioner and generator
+fedgen bench [NAME ...] [--out DIR]                 benchmarks (overhead, scale, bytes, generation, throughput)
 """
 
 from __future__ import annotations
