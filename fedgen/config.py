@@ -164,6 +164,9 @@ class RayConfig(_Section):
     """Join an existing Ray cluster (e.g. 'auto' or 'HOST:6379'); None starts a local one."""
     client_num_cpus: PositiveInt = 1
     client_num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    max_restarts: Annotated[int, Field(ge=0)] = 3
+    """How often Ray replaces each client process that dies (killed for memory, a crashed CUDA kernel); the clients
+    it was running fail for that round only. Past this, the run stops with a message saying so."""
 
 
 class ExperimentConfig(_Section):

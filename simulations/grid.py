@@ -10,6 +10,7 @@ Every strategy talks to clients through the Grid, so what is done here covers Fl
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 from logging import getLogger
@@ -22,6 +23,25 @@ from fedgen.validation import check_reply
 
 log = getLogger("fedgen")
 UNKNOWN = -1
+RESEND_WAIT_S, MAX_RESEND_WAIT_S = 1.0, 10.0
+PROCESS_DIED = "client process died"
+
+
+def never_ran(reason: str) -> bool:
+    """An error reply for a message that Ray never ran: its actor was restarting after its process died."""
+    return "ActorUnavailableError" in reason and "The actor is restarting" in reason
+
+
+def describe_client_error(reason: str) -> str:
+    """A client's error reply in a line: a dead client process is named as such, with Ray's exit detail."""
+    if "ActorDiedError" in reason:
+        detail = re.search(r"Worker exit type: (\S+) Worker exit detail: ([^.]*)", reason)
+        why = f"exit type {detail[1]}: {detail[2]}" if detail else reason.split("\n", 1)[0]
+        return f"{PROCESS_DIED} while running it (Ray: {why})"
+    if "ActorUnavailableError" in reason:
+        detail = re.search(r"temporarily unavailable: (.*?)\. The task", reason)
+        return f"{PROCESS_DIED} while running it (Ray: {detail[1] if detail else reason})"
+    return f"client error: {reason}"
 
 
 class AccountedGrid(Grid):
@@ -76,34 +96,59 @@ class AccountedGrid(Grid):
         log.warning("round %s: reply of client %s rejected: %s", rnd, self._client(node_id), reason)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Send, wait, and return the valid replies ordered by partition id."""
+        """Send, wait, and return the valid replies ordered by partition id.
+
+        A message that never ran because its client process was being replaced (Ray restarting an actor whose
+        process died) is sent again until it runs or ``timeout`` is up; a client whose process died while it ran
+        it has lost that work and is recorded as failed.
+        """
         messages = list(messages)
         if not messages:
             return []
+        deadline = None if timeout is None else time.monotonic() + timeout
         sent = {m.metadata.dst_node_id: m for m in messages}
-        rounds = {}
-        for m in messages:
-            cfg = m.content.config_records.get("config", ConfigRecord())
-            rounds[m.metadata.dst_node_id] = rnd = int(cfg.get("server-round", 0))
-            self._account(rnd, m.metadata.dst_node_id, DOWN, m.content, m.metadata.message_type)
-        valid = []
-        for r in self.inner.send_and_receive(messages, timeout=timeout):
-            src = r.metadata.src_node_id
-            out = sent.pop(src, None)
-            if out is None:
-                continue  # a stale reply to an earlier message
-            kind, rnd = out.metadata.message_type, rounds[src]
-            if r.has_error():
-                self._fail(rnd, src, kind, f"client error: {r.error.reason}")
-                continue
-            self._account(rnd, src, UP, r.content, kind)
-            problems = check_reply(out.content, r.content, kind, self.max_examples.get(self._client(src)))
-            if not problems and kind in self.checks:
-                problems = self.checks[kind](out.content, r.content)
-            if problems:
-                self._fail(rnd, src, kind, "invalid reply: " + "; ".join(problems))
-                continue
-            valid.append(r)
+        rounds = {m.metadata.dst_node_id: int(m.content.config_records.get("config", ConfigRecord())
+                                              .get("server-round", 0)) for m in messages}
+        valid, pending, wait = [], messages, RESEND_WAIT_S
+        while pending:
+            for m in pending:
+                self._account(rounds[m.metadata.dst_node_id], m.metadata.dst_node_id, DOWN, m.content,
+                              m.metadata.message_type)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            resend = []
+            for r in self.inner.send_and_receive(pending, timeout=left):
+                src = r.metadata.src_node_id
+                out = sent.get(src)
+                if out is None or r.metadata.reply_to_message_id != out.metadata.message_id:
+                    continue  # a stale reply to an earlier message
+                if r.has_error() and never_ran(r.error.reason) and (
+                        deadline is None or time.monotonic() + wait < deadline):
+                    resend.append(out)
+                    continue
+                del sent[src]
+                kind, rnd = out.metadata.message_type, rounds[src]
+                if r.has_error():
+                    self._fail(rnd, src, kind, describe_client_error(r.error.reason))
+                    continue
+                self._account(rnd, src, UP, r.content, kind)
+                problems = check_reply(out.content, r.content, kind, self.max_examples.get(self._client(src)))
+                if not problems and kind in self.checks:
+                    problems = self.checks[kind](out.content, r.content)
+                if problems:
+                    self._fail(rnd, src, kind, "invalid reply: " + "; ".join(problems))
+                    continue
+                valid.append(r)
+            if resend:
+                log.info("%d message(s) reached a client process that was being replaced: sending again in %.0f s",
+                         len(resend), wait)
+                time.sleep(wait)
+                wait = min(2 * wait, MAX_RESEND_WAIT_S)
+            pending = []
+            for out in resend:
+                again = Message(out.content, dst_node_id=out.metadata.dst_node_id,
+                                message_type=out.metadata.message_type, group_id=out.metadata.group_id)
+                sent[out.metadata.dst_node_id] = again
+                pending.append(again)
         for node_id, out in sent.items():
             self._fail(rounds[node_id], node_id, out.metadata.message_type, f"no reply within {timeout} s")
         return sorted(valid, key=lambda r: (self._client(r.metadata.src_node_id), r.metadata.src_node_id))

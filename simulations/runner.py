@@ -35,27 +35,40 @@ def backend_config(cfg: ExperimentConfig) -> dict:
             init_args["num_gpus"] = torch.cuda.device_count()
     return {
         "init_args": init_args,
-        "client_resources": {"num_cpus": cfg.ray.client_num_cpus, "num_gpus": cfg.ray.client_num_gpus},
+        # Flower hands this dict to Ray's actor.options(): max_restarts makes Ray replace a client process that dies
+        "client_resources": {"num_cpus": cfg.ray.client_num_cpus, "num_gpus": cfg.ray.client_num_gpus,
+                             "max_restarts": cfg.ray.max_restarts},
     }
+
+
+def _not_a_client_failure(record: logging.LogRecord) -> bool:
+    """False for the simulation engine's log of a failed client task: the Grid logs each failure in a line."""
+    return not record.pathname.endswith(("vce_api.py", "raybackend.py"))
 
 
 def quiet_flower(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
-    logging.getLogger("flwr").setLevel(level)
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.setLevel(level)
+    flwr_log.removeFilter(_not_a_client_failure)
     if not verbose:
+        flwr_log.addFilter(_not_a_client_failure)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
-def run(cfg: ExperimentConfig, out_dir: str | Path, verbose: bool = False, resume: bool = False) -> dict:
+def run(cfg: ExperimentConfig, out_dir: str | Path, verbose: bool = False, resume: bool = False,
+        client_app=None) -> dict:
     """Validate, then simulate ``cfg`` with ``data.num_clients`` virtual SuperNodes; returns the summary.
 
-    With ``resume``, continue the run in ``out_dir`` from its last completed round.
+    With ``resume``, continue the run in ``out_dir`` from its last completed round. ``client_app`` replaces the
+    project's ClientApp (tests).
     """
     check_runnable(cfg)
     from flwr.simulation import run_simulation
 
-    from clients.app import app as client_app
+    if client_app is None:
+        from clients.app import app as client_app
     from simulations.server_app import make_server_app
 
     out_dir = Path(out_dir)

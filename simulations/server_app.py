@@ -29,7 +29,7 @@ from fedgen.data import load_federation
 from fedgen.models import build_model
 from fedgen.results import RunRecorder, read_rounds
 from fedgen.train import domain_accuracy, evaluate, resolve_device
-from simulations.grid import AccountedGrid
+from simulations.grid import PROCESS_DIED, AccountedGrid
 from simulations.loop import run_rounds
 from strategies import build_strategy
 from strategies.local import LocalOnly
@@ -149,7 +149,7 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
             strategy, grid, arrays, first_round, cfg.rounds, train_config=config, evaluate_config=config,
             timeout=cfg.strategy.round_timeout_s, min_train_replies=cfg.strategy.min_train_clients,
             after_round=after_round,
-            failures=lambda rnd: [f"client {f['client']}: {f['reason']}" for f in grid.failures if f["round"] == rnd],
+            failures=lambda rnd: round_failures(grid.failures, rnd, cfg),
         )
     except BaseException:
         recorder.extras["failures"] = grid.failures
@@ -162,6 +162,17 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
     recorder.extras["failures"] = grid.failures
     recorder.extras.update(upload_figures(ledger, ArrayRecord(model.state_dict()).count_bytes(), fed.num_clients))
     return recorder.finish("finished")
+
+
+def round_failures(failures: list[dict], rnd: int, cfg: ExperimentConfig) -> list[str]:
+    """Each failure of round ``rnd`` in a line, and advice when client processes died."""
+    reasons = [f"client {f['client']}: {f['reason']}" for f in failures if f["round"] == rnd]
+    if any(PROCESS_DIED in r for r in reasons):
+        reasons.append(
+            f"client processes died (Ray replaced each up to ray.max_restarts={cfg.ray.max_restarts} times); if they "
+            "ran out of memory, lower train.batch_size, give each client more of the machine (ray.client_num_cpus, "
+            "ray.client_num_gpus: fewer clients at once), or use a machine with more memory")
+    return reasons
 
 
 def upload_figures(ledger: ByteLedger, model_bytes: int, num_clients: int) -> dict:

@@ -1,13 +1,12 @@
-"""A real gRPC deployment on loopback (TLS + SuperNode authentication), and a simulation on an existing Ray cluster.
+"""A real gRPC deployment on loopback (TLS + SuperNode authentication). (A simulation on an existing Ray cluster:
+tests/test_dying_clients.py.)
 
 Every process a test starts is stopped by PID (its process group and descendants), never by name.
 """
 
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -76,29 +75,3 @@ def test_certs_and_node_keys_load_as_flower_loads_them(tmp_path):
     private, public = deploy.make_node_key(tmp_path, "n0")
     assert load_ssh_private_key(private.read_bytes(), password=None).key_size == 384
     assert load_ssh_public_key(public.read_bytes()).key_size == 384
-
-
-@pytest.mark.slow
-def test_simulation_joins_an_existing_ray_cluster(tmp_path, tiny_cfg):
-    from simulations.runner import run
-
-    port = deploy.free_port()
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    # a temp dir of its own (short: Ray's socket paths must fit 107 characters), so the head it records there is
-    # not found by later runs
-    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray-", dir="/tmp")}
-    head = procs.start([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                        "--num-cpus=2", "--include-dashboard=false", "--block"], tmp_path / "ray.log", env)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            ok = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], capture_output=True, env=env)
-            if ok.returncode == 0:
-                break
-            time.sleep(1)
-        cfg = tiny_cfg(rounds=1, ray={"address": f"127.0.0.1:{port}"})
-        summary = run(cfg, tmp_path / "run")
-        assert summary["status"] == "finished" and summary["final_accuracy"] > 0.3
-    finally:
-        stopped = procs.stop([head], grace=15)
-    assert not any(procs.alive(p) for p in stopped)
