@@ -6,16 +6,15 @@ from flwr.app import ConfigRecord, Context, Message
 
 from fedgen.config import ExperimentConfig
 from fedgen.data import Federation, load_federation
-
-EXPERIMENT_KEY = "experiment"
+from fedgen.wire import EXPERIMENT, NUM_PARTITIONS
 
 
 def experiment(msg: Message) -> ExperimentConfig:
     """The experiment config the server sent (JSON under config['experiment'])."""
     config: ConfigRecord = msg.content.config_records.get("config", ConfigRecord())
-    if EXPERIMENT_KEY not in config:
-        raise ValueError(f"message has no config['{EXPERIMENT_KEY}']: the server must send the experiment config")
-    return ExperimentConfig.from_json(str(config[EXPERIMENT_KEY]))
+    if EXPERIMENT not in config:
+        raise ValueError(f"message has no config['{EXPERIMENT}']: the server must send the experiment config")
+    return ExperimentConfig.from_json(str(config[EXPERIMENT]))
 
 
 def partition_id(context: Context, cfg: ExperimentConfig) -> int:
@@ -24,9 +23,10 @@ def partition_id(context: Context, cfg: ExperimentConfig) -> int:
     if "partition-id" not in node:
         raise ValueError("node config has no 'partition-id': start the SuperNode with --node-config 'partition-id=K'")
     pid = int(node["partition-id"])
-    n = int(node.get("num-partitions", cfg.data.num_clients))
+    n = int(node.get(NUM_PARTITIONS, cfg.data.num_clients))
     if n != cfg.data.num_clients:
-        raise ValueError(f"node has num-partitions={n} but the experiment has data.num_clients={cfg.data.num_clients}")
+        raise ValueError(f"node has {NUM_PARTITIONS}={n} but the experiment has "
+                         f"data.num_clients={cfg.data.num_clients}")
     return pid
 
 

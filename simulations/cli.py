@@ -11,6 +11,7 @@ fedgen deploy down [--dir DIR]                      stop exactly what `up` start
 fedgen deploy certs DIR                             a throwaway CA and server certificate (testing only)
 fedgen foundation prepare embedded [CONFIG] [--set ...]   pre-train the embedded captioner and generator
 fedgen bench [NAME ...] [--out DIR]                 benchmarks (overhead, scale, bytes, generation, throughput)
+fedgen local-superlink stop [--port P]              stop the local SuperLink that `flwr run` started and left running
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks: overhead, scale, bytes, generation, throughput (default: all)")
     b.add_argument("names", nargs="*")
     b.add_argument("--out", default="bench/results", help="folder of the <name>.json results")
+    ls = sub.add_parser("local-superlink", help="the local simulation SuperLink that `flwr run` starts")
+    ls.add_argument("action", choices=["stop"])
+    ls.add_argument("--port", type=int, default=None,
+                    help="its HTTP port (default: $FLWR_LOCAL_SUPERLINK_HTTP_API_PORT or Flower's 39091)")
     d = sub.add_parser("domains", help="draw the digits-domains benchmark as a grid of domains x classes")
     d.add_argument("--out", default="docs/digits_domains.png")
     return p
@@ -162,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
             from simulations.bench import main as bench
 
             return bench(args.names, args.out)
+        elif args.command == "local-superlink":
+            import os
+
+            from simulations import procs
+
+            port = args.port or int(os.environ.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "39091"))
+            pids = sorted(procs.listening(port))
+            print(f"stopped PIDs {procs.stop(pids)}" if pids else f"nothing listens on port {port}")
         elif args.command == "domains":
             from fedgen.data.digits import save_domain_grid
 

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 
 from fedgen.comm import DOWN, UP, ByteLedger, record_bytes
 from fedgen.validation import check_reply
+from fedgen.wire import NUM_PARTITIONS
 
 log = getLogger("fedgen")
 UNKNOWN = -1
@@ -41,6 +42,8 @@ def describe_client_error(reason: str) -> str:
     if "ActorUnavailableError" in reason:
         detail = re.search(r"temporarily unavailable: (.*?)\. The task", reason)
         return f"{PROCESS_DIED} while running it (Ray: {detail[1] if detail else reason})"
+    if "ClientAppException" in reason and "Message: " in reason:  # the ClientApp raised: keep its own message
+        reason = reason.rsplit("Message: ", 1)[1].removesuffix("'>").strip()
     return f"client error: {reason}"
 
 
@@ -155,30 +158,46 @@ class AccountedGrid(Grid):
 
     # --- discovery -----------------------------------------------------------------------------------------------
     def discover(self, experiment_json: str, expected: int, timeout: float) -> dict[int, MetricRecord]:
-        """Wait for ``expected`` nodes, ask each for its partition id, size and label histogram (round 0).
+        """Ask each node, as it connects, for its partition id, size and label histogram (round 0), until
+        ``expected`` have answered. A node that cannot answer (e.g. a federation sized for another client count)
+        stops the run at once, naming the reason.
 
         Returns the query metrics by partition id.
         """
         deadline = time.monotonic() + timeout
-        while len(ids := list(self.inner.get_node_ids())) < expected:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(ids)} of {expected} client nodes connected within {timeout:.0f} s")
-            time.sleep(1)
         config = ConfigRecord({"experiment": experiment_json, "server-round": 0})
-        messages = [
-            Message(content=RecordDict({"config": config}), message_type=MessageType.QUERY, dst_node_id=n)
-            for n in ids
-        ]
+        asked: set[int] = set()
         found: dict[int, MetricRecord] = {}
-        for reply in self.send_and_receive(messages, timeout=timeout):
-            metrics = reply.content["metrics"]
-            pid = int(metrics["partition-id"])
-            self.partition_of[reply.metadata.src_node_id] = pid
-            self.max_examples[pid] = int(metrics["num-examples"])
-            found[pid] = metrics
+        while len(found) < expected:
+            new = [n for n in self.inner.get_node_ids() if n not in asked]
+            if not new:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"only {len(asked)} of {expected} client nodes connected within {timeout:.0f} s")
+                time.sleep(1)
+                continue
+            asked.update(new)
+            messages = [Message(RecordDict({"config": config}), message_type=MessageType.QUERY, dst_node_id=n)
+                        for n in new]
+            for reply in self.send_and_receive(messages, timeout=max(1.0, deadline - time.monotonic())):
+                metrics = reply.content["metrics"]
+                pid = int(metrics["partition-id"])
+                self.partition_of[reply.metadata.src_node_id] = pid
+                self.max_examples[pid] = int(metrics["num-examples"])
+                found[pid] = metrics
+            failed = [f["reason"] for f in self.failures if f["round"] == 0]
+            if failed:
+                raise RuntimeError(f"{len(failed)} client node(s) could not answer the partition query: "
+                                   + "; ".join(sorted(set(failed))) + federation_hint(failed, expected))
         self._flush(self._unattributed)
         self._unattributed = []
-        if len(found) < expected:
-            reasons = "; ".join(f["reason"] for f in self.failures if f["round"] == 0)
-            raise RuntimeError(f"only {len(found)} of {expected} clients answered the partition query: {reasons}")
         return found
+
+
+def federation_hint(reasons: list[str], expected: int) -> str:
+    """What to change when the nodes were started for another number of partitions than the experiment's."""
+    if not any(NUM_PARTITIONS in r for r in reasons):
+        return ""
+    return (f". Start {expected} nodes, one per partition: under `flwr run`, "
+            f"--federation-config \"num-supernodes={expected}\" (or once for the local SuperLink: "
+            f"flwr federation simulation-config <federation> <superlink> --num-supernodes {expected}); "
+            "in a deployment, --node-config \"partition-id=K num-partitions=N\" on each SuperNode")

@@ -36,6 +36,14 @@ def descendants(pids: set[int]) -> set[int]:
     return found
 
 
+def listening(port: int) -> set[int]:
+    """PIDs of the processes listening on TCP ``port`` (on any address)."""
+    import psutil
+
+    return {c.pid for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -203,8 +203,9 @@ def main(grid: Grid, context: Context) -> None:
     if not path.is_absolute() and not path.exists():  # relative to the app (the FAB's folder under `flwr run`)
         path = APP_ROOT / path
     cfg = load_config(path, shlex.split(str(rc.get("set", ""))))
-    out = str(rc.get("out", "")) or default_out_dir(cfg)
+    out = Path(str(rc.get("out", "")) or default_out_dir(cfg)).resolve()  # relative to where the SuperLink started
+    print(f"[{cfg.strategy.name} seed={cfg.seed}] run folder {out}", flush=True)
     summary = run_experiment(grid, cfg, out)
-    log.warning("run finished: %s", Path(out).resolve())
+    print(f"[{cfg.strategy.name} seed={cfg.seed}] run finished: {out}", flush=True)
     if summary["status"] != "finished":
         raise RuntimeError(f"run ended with status {summary['status']}")
