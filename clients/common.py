@@ -6,7 +6,7 @@ from flwr.app import ConfigRecord, Context, Message
 
 from fedgen.config import ExperimentConfig
 from fedgen.data import Federation, load_federation
-from fedgen.wire import EXPERIMENT, NUM_PARTITIONS
+from fedgen.wire import EXPERIMENT, NUM_PARTITIONS, PARTITION_ID, SERVER_ROUND
 
 
 def experiment(msg: Message) -> ExperimentConfig:
@@ -20,9 +20,9 @@ def experiment(msg: Message) -> ExperimentConfig:
 def partition_id(context: Context, cfg: ExperimentConfig) -> int:
     """This node's partition, from its node config ('partition-id', 'num-partitions')."""
     node = context.node_config
-    if "partition-id" not in node:
+    if PARTITION_ID not in node:
         raise ValueError("node config has no 'partition-id': start the SuperNode with --node-config 'partition-id=K'")
-    pid = int(node["partition-id"])
+    pid = int(node[PARTITION_ID])
     n = int(node.get(NUM_PARTITIONS, cfg.data.num_clients))
     if n != cfg.data.num_clients:
         raise ValueError(f"node has {NUM_PARTITIONS}={n} but the experiment has "
@@ -36,4 +36,4 @@ def client_data(msg: Message, context: Context) -> tuple[ExperimentConfig, Feder
 
 
 def server_round(msg: Message) -> int:
-    return int(msg.content.config_records.get("config", ConfigRecord()).get("server-round", 0))
+    return int(msg.content.config_records.get("config", ConfigRecord()).get(SERVER_ROUND, 0))

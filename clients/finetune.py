@@ -1,8 +1,9 @@
 """The finetune role: train or evaluate a classifier on the client's own data; report its label histogram.
 
 Train replies carry the updated weights ('arrays') and 'metrics' with 'train-loss' and 'num-examples'.
-The server's config may ask for FedProx ('proximal-mu') or FedDyn ('feddyn-alpha'); FedDyn's per-client
-gradient state stays on the client (:mod:`clients.state`).
+The server's config may ask for FedProx ('proximal-mu') or FedDyn ('feddyn-alpha', and 'feddyn-mean-examples' when
+alpha is scaled by the client's data share); FedDyn's per-client gradient state stays on the client
+(:mod:`clients.state`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,20 @@ from fedgen.models import build_model
 from fedgen.train import client_seed, proximal_penalty, resolve_device
 from fedgen.train import evaluate as evaluate_model
 from fedgen.train import train as train_model
+from fedgen.wire import (
+    DOMAIN_CORRECT,
+    DOMAIN_COUNT,
+    EVAL_ACC,
+    EVAL_LOSS,
+    FEDDYN_ALPHA,
+    FEDDYN_MEAN_EXAMPLES,
+    LABEL_HISTOGRAM,
+    NUM_EXAMPLES,
+    NUM_TEST_EXAMPLES,
+    PARTITION_ID,
+    PROXIMAL_MU,
+    TRAIN_LOSS,
+)
 
 FEDDYN_STATE = "feddyn-grad"
 
@@ -35,10 +50,10 @@ def train(msg: Message, context: Context) -> Message:
     global_params = [p.detach().clone().to(device) for p in model.parameters()]
     config = msg.content["config"]
     penalties = []
-    mu = float(config.get("proximal-mu", 0.0))
+    mu = float(config.get(PROXIMAL_MU, 0.0))
     if mu > 0:
         penalties.append(proximal_penalty(global_params, mu))
-    alpha = float(config.get("feddyn-alpha", 0.0))
+    alpha = feddyn.client_alpha(float(config.get(FEDDYN_ALPHA, 0.0)), len(data), config.get(FEDDYN_MEAN_EXAMPLES))
     if alpha > 0:
         saved = client_state.load(msg, context, FEDDYN_STATE, pid)
         grads = [t.to(device) for t in saved] if saved else [torch.zeros_like(p) for p in global_params]
@@ -52,7 +67,7 @@ def train(msg: Message, context: Context) -> Message:
     reply = RecordDict(
         {
             "arrays": ArrayRecord(model.cpu().state_dict()),
-            "metrics": MetricRecord({"train-loss": result.loss, "num-examples": result.num_examples}),
+            "metrics": MetricRecord({TRAIN_LOSS: result.loss, NUM_EXAMPLES: result.num_examples}),
         }
     )
     return Message(content=reply, reply_to=msg)
@@ -65,8 +80,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     scores = evaluate_model(_model(cfg, fed, msg), test, cfg.train.eval_batch_size, resolve_device(cfg.device),
                             len(fed.domain_names))
     metrics = MetricRecord({
-        "eval-loss": scores.loss, "eval-acc": scores.accuracy, "num-examples": len(test), "partition-id": pid,
-        "domain-correct": scores.domain_correct.tolist(), "domain-count": scores.domain_total.tolist(),
+        EVAL_LOSS: scores.loss, EVAL_ACC: scores.accuracy, NUM_EXAMPLES: len(test), PARTITION_ID: pid,
+        DOMAIN_CORRECT: scores.domain_correct.tolist(), DOMAIN_COUNT: scores.domain_total.tolist(),
     })
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
@@ -74,7 +89,8 @@ def evaluate(msg: Message, context: Context) -> Message:
 def query(msg: Message, context: Context) -> Message:
     """This client's partition id, example count and label histogram (no data leaves)."""
     cfg, fed, pid = client_data(msg, context)
-    data, _ = fed.client(pid)
+    data, test = fed.client(pid)
     hist = [int(v) for v in data.label_histogram(fed.num_classes)]
-    metrics = MetricRecord({"partition-id": pid, "num-examples": len(data), "label-histogram": hist})
+    metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: len(data), NUM_TEST_EXAMPLES: len(test),
+                            LABEL_HISTOGRAM: hist})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

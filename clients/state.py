@@ -15,8 +15,8 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 
 from clients.common import server_round
+from fedgen.wire import CLIENT_STATE_DIR
 
-CLIENT_STATE_DIR = "client-state-dir"
 KEEP = 2
 
 

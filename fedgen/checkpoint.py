@@ -13,13 +13,19 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        if len(state["cuda"]) != torch.cuda.device_count():
+            raise RuntimeError(f"the checkpoint holds the RNG of {len(state['cuda'])} CUDA devices, this machine has "
+                               f"{torch.cuda.device_count()}: resume on the same devices to continue exactly")
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save(run_dir: str | Path, state: dict[str, Any]) -> None:

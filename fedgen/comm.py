@@ -49,9 +49,10 @@ class ByteLedger:
             self._entries.append(Entry(round, client, direction, tier, kind, int(nbytes)))
 
     def restore(self, entries: list[dict]) -> None:
-        """Re-add entries saved as dicts (``dataclasses.asdict`` of :class:`Entry`), e.g. from a checkpoint."""
+        """Replace every entry by those saved as dicts (``dataclasses.asdict`` of :class:`Entry`), e.g. from a
+        checkpoint."""
         with self._lock:
-            self._entries.extend(Entry(**e) for e in entries)
+            self._entries = [Entry(**e) for e in entries]
 
     @property
     def entries(self) -> list[Entry]:

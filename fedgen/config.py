@@ -91,13 +91,19 @@ class TrainConfig(_Section):
 class StrategyConfig(_Section):
     name: Literal["fedavg", "fedprox", "feddyn", "local", "centralized", "oscar"] = "fedavg"
     fraction_train: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """Each round samples max(int(fraction_train * data.num_clients), min_train_clients) clients: Flower's rule."""
     min_train_clients: PositiveInt = 2
+    """At least this many are sampled, and a round needs this many valid updates to count."""
     fraction_evaluate: Fraction = 0.0
     """Share of clients asked to evaluate the global model on their local test split each round."""
     proximal_mu: Annotated[float, Field(ge=0)] = 0.01
     """FedProx proximal weight."""
     feddyn_alpha: PositiveFloat = 0.01
-    """FedDyn regulariser weight."""
+    """FedDyn regulariser weight. FedDyn corrects the trainable parameters only; BatchNorm's running statistics are
+    plainly averaged, so run it with model.norm=group for the algorithm as written."""
+    feddyn_alpha_by_data_share: bool = False
+    """As FedDyn's official code: client k uses alpha / w_k, w_k = n_k / (mean of n over the federation), so clients
+    with more data are pulled less towards the global model. False: every client uses alpha (the paper's text)."""
     round_timeout_s: PositiveFloat = 3600.0
     """A client that has not replied this long after a round's messages went out counts as failed for the round."""
 
@@ -130,6 +136,15 @@ class EmbeddedConfig(_Section):
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 1e-3
     seed: int = 0
+    # the check at the end of the step (not part of the models' identity: changing it trains nothing again)
+    check_images_per_pair: PositiveInt = 10
+    """Images generated per (class, domain) of the held-out test split to measure class fidelity."""
+    check_steps: PositiveInt = 20
+    check_guidance_scale: Annotated[float, Field(ge=1)] = 3.0
+    min_caption_accuracy: Fraction = 0.75
+    """Prepare fails below this share of held-out test images whose caption names the right digit."""
+    min_class_fidelity: Fraction = 0.75
+    """Prepare fails below this share of generated images that a judge CNN reads as the prompted digit."""
 
 
 class FoundationConfig(_Section):
@@ -195,18 +210,15 @@ class ExperimentConfig(_Section):
                                  "foundation.profile=pretrained with real model paths")
             if self.foundation.generator.size != SIZE:
                 raise ValueError(f"foundation.generator.size must be {SIZE} with the embedded profile")
-        if s.name not in ("local", "centralized"):
-            needed = max(1, round(s.fraction_train * d.num_clients))
-            if s.min_train_clients > d.num_clients:
-                raise ValueError(
-                    f"strategy.min_train_clients={s.min_train_clients} exceeds data.num_clients={d.num_clients}"
-                )
-            if needed < s.min_train_clients:
-                raise ValueError(
-                    f"strategy.fraction_train={s.fraction_train} samples {needed} of {d.num_clients} clients, "
-                    f"fewer than strategy.min_train_clients={s.min_train_clients}"
-                )
+        if s.name not in ("local", "centralized") and s.min_train_clients > d.num_clients:
+            raise ValueError(  # Flower would wait for that many nodes forever
+                f"strategy.min_train_clients={s.min_train_clients} exceeds data.num_clients={d.num_clients}"
+            )
         return self
+
+    def train_sample_size(self) -> int:
+        """Clients sampled per round, as Flower's FedAvg family computes it."""
+        return max(int(self.data.num_clients * self.strategy.fraction_train), self.strategy.min_train_clients)
 
     def to_json(self) -> str:
         return self.model_dump_json()

@@ -30,6 +30,11 @@ def client_penalty(global_params: list[torch.Tensor], grad_state: list[torch.Ten
     return penalty
 
 
+def client_alpha(alpha: float, num_examples: int, mean_examples: float | None) -> float:
+    """alpha / w_k with w_k = n_k / mean_j n_j (the official code's per-client weight); alpha itself without a mean."""
+    return alpha if mean_examples is None else alpha * mean_examples / num_examples
+
+
 def client_state_update(
     grad_state: list[torch.Tensor], local_params: list[torch.Tensor], global_params: list[torch.Tensor], alpha: float
 ) -> list[torch.Tensor]:

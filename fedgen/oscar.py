@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
+from fedgen.wire import NUM_EXAMPLES
+
 RECORD = "encodings"
 """The reply's ArrayRecord holding the upload."""
 KEY = "encodings"
@@ -41,16 +43,20 @@ def reply_content(
 ) -> RecordDict:
     """A client's whole reply: the upload plus its example count and timings."""
     arrays, meta = to_record(means, dtype)
-    metrics = {**meta, "num-examples": num_examples, "caption-seconds": caption_seconds,
+    metrics = {**meta, NUM_EXAMPLES: num_examples, "caption-seconds": caption_seconds,
                "encode-seconds": encode_seconds}
     return RecordDict({RECORD: ArrayRecord(arrays), "metrics": MetricRecord(metrics)})
 
 
-def check_upload(arrays: dict[str, np.ndarray], class_ids: list[int], counts: list[int], shape: tuple[int, int],
-                 num_classes: int) -> list[str]:
-    """Problems with an upload: classes out of range or repeated, counts that are not positive, encodings missing
-    or of another shape than (classes, *the generator's text-encoding shape*)."""
-    problems = []
+def check_upload(arrays: dict[str, np.ndarray], class_ids: list, counts: list, shape: tuple[int, int],
+                 num_classes: int, dtype: str) -> list[str]:
+    """Problems with an upload: class ids and counts that are not whole numbers, classes out of range or repeated,
+    counts that are not positive, encodings missing, of another dtype than ``dtype`` or of another shape than
+    (classes, *the generator's text-encoding shape*)."""
+    problems = [f"{name} {v!r} is not a whole number" for name, values in (("class id", class_ids), ("count", counts))
+                for v in values if isinstance(v, bool) or not float(v).is_integer()]
+    if problems:
+        return problems
     if len(class_ids) != len(counts):
         problems.append(f"{len(class_ids)} class ids but {len(counts)} counts")
     if len(set(class_ids)) != len(class_ids):
@@ -59,6 +65,8 @@ def check_upload(arrays: dict[str, np.ndarray], class_ids: list[int], counts: li
     problems += [f"count {n} is not positive" for n in counts if int(n) < 1]
     if set(arrays) != {KEY}:
         return [*problems, f"expected one array '{KEY}', got {sorted(arrays)}"]
+    if arrays[KEY].dtype != np.dtype(dtype):
+        problems.append(f"'{KEY}' is {arrays[KEY].dtype}, expected {dtype}")
     expected = (len(class_ids), *shape)
     if tuple(arrays[KEY].shape) != expected:
         problems.append(f"'{KEY}' has shape {list(arrays[KEY].shape)}, expected {list(expected)}")

@@ -69,7 +69,7 @@ def fit(
     every ``step_size`` epochs (StepLR)."""
     if len(data) == 0:
         raise ValueError("cannot train on an empty dataset")
-    torch.manual_seed(seed)
+    # the only randomness is the shuffle, drawn from the loader's own generator: the process-wide RNG is left alone
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size, gamma) if step_size else None

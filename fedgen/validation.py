@@ -14,7 +14,7 @@ import math
 import numpy as np
 from flwr.app import RecordDict
 
-NUM_EXAMPLES = "num-examples"
+from fedgen.wire import NUM_EXAMPLES
 
 
 def _finite(value) -> bool:

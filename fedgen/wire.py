@@ -1,6 +1,36 @@
-"""Names that cross the Grid, shared by the server and the clients (one home for each)."""
+"""Names that cross the Grid, shared by the server and the clients: one home for each.
 
+Message types are Flower's ('train', 'evaluate', 'query') plus OSCAR's 'train.encode'. Config keys travel in a
+message's ConfigRecord 'config'; metric keys in a reply's MetricRecord 'metrics'.
+"""
+
+from flwr.app import MessageType
+
+ENCODE = f"{MessageType.TRAIN}.encode"
+"""OSCAR's upload of category encodings."""
+
+# --- config keys (server -> client) -------------------------------------------------------------------------------
 EXPERIMENT = "experiment"
-"""config['experiment']: the experiment config as JSON, in every message the server sends."""
+"""The experiment config as JSON, in every message the server sends."""
+SERVER_ROUND = "server-round"
+CLIENT_STATE_DIR = "client-state-dir"
+"""Where a simulated client keeps state between rounds (a SuperNode's own 'state-dir' node config comes first)."""
+PROXIMAL_MU = "proximal-mu"
+"""Flower's FedProx key."""
+FEDDYN_ALPHA = "feddyn-alpha"
+FEDDYN_MEAN_EXAMPLES = "feddyn-mean-examples"
+"""Sent when FedDyn scales alpha by each client's data share: the mean training-set size over the federation."""
+
+# --- node config (Flower's own keys) ------------------------------------------------------------------------------
+PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
-"""A node's config: how many partitions its federation was started for (Flower's own key)."""
+
+# --- metric keys (client -> server) -------------------------------------------------------------------------------
+NUM_EXAMPLES = "num-examples"
+"""Flower's weighting key: a train reply's training examples, an evaluate reply's test examples."""
+NUM_TEST_EXAMPLES = "num-test-examples"
+"""The query reply: the size of the client's local test split (what an evaluate reply may report)."""
+LABEL_HISTOGRAM = "label-histogram"
+TRAIN_LOSS = "train-loss"
+EVAL_LOSS, EVAL_ACC = "eval-loss", "eval-acc"
+DOMAIN_CORRECT, DOMAIN_COUNT = "domain-correct", "domain-count"

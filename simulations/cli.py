@@ -100,7 +100,11 @@ def _deploy(args: argparse.Namespace) -> int:
         print(f"run {run['run-id']}: {run['status']} {run.get('status-details', '')}; results in {out}")
         return 0 if run["status"] == "finished:completed" else 1
     elif args.action == "down":
-        print(f"stopped PIDs {deploy.down(args.dir)}")
+        stopped, left = deploy.down(args.dir)
+        print(f"stopped PIDs {stopped}")
+        if left:
+            print(f"could not stop PIDs {left} (still recorded in {args.dir}/{deploy.STATE_FILE})", file=sys.stderr)
+            return 1
     elif args.action == "certs":
         for name, path in deploy.make_certs(args.folder).items():
             print(f"{name}: {path}")
@@ -119,7 +123,8 @@ def _prepare(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     folder = prepare_embedded(cfg.embedded, cfg.cache_dir)
     manifest = json.loads((folder / MANIFEST).read_text())
-    keys = ("seconds", "captioner_loss", "captioner_digit_accuracy_on_test", "vae_loss", "diffusion_loss")
+    keys = ("seconds", "captioner_loss", "captioner_digit_accuracy_on_test", "class_fidelity", "vae_loss",
+            "diffusion_loss")
     print(json.dumps({k: manifest[k] for k in keys}, indent=2))
     print(f"embedded foundation models in {folder} ({time.perf_counter() - t0:.1f} s this call)")
     return 0
@@ -174,7 +179,14 @@ def main(argv: list[str] | None = None) -> int:
 
             port = args.port or int(os.environ.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "39091"))
             pids = sorted(procs.listening(port))
-            print(f"stopped PIDs {procs.stop(pids)}" if pids else f"nothing listens on port {port}")
+            if not pids:
+                print(f"nothing listens on port {port}")
+                return 0
+            stopped, left = procs.stop(pids)
+            print(f"stopped PIDs {stopped}")
+            if left:
+                print(f"could not stop PIDs {left}", file=sys.stderr)
+                return 1
         elif args.command == "domains":
             from fedgen.data.digits import save_domain_grid
 

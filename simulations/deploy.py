@@ -209,14 +209,15 @@ def register(folder: str | Path, public_key: str | Path) -> None:
         raise RuntimeError(f"registering {public_key} failed: {result.stdout[-500:]} {result.stderr[-500:]}")
 
 
-def down(folder: str | Path, grace: float = 10.0) -> list[int]:
-    """Stop the processes this deployment started (and theirs), by PID; returns the PIDs signalled."""
+def down(folder: str | Path, grace: float = 10.0) -> tuple[list[int], list[int]]:
+    """Stop the processes this deployment started (and theirs), by PID; returns (the PIDs signalled, those still
+    alive). What could not be stopped stays recorded, so a later `down` tries again."""
     folder = Path(folder).resolve()
     state = load_state(folder)
-    stopped = procs.stop(state["pids"], grace)
-    state["pids"] = []
+    stopped, left = procs.stop(state["pids"], grace)
+    state["pids"] = left
     _save_state(folder, state)
-    return stopped
+    return stopped, left
 
 
 def flwr_run(folder: str | Path, app_dir: str | Path, run_config: str, timeout: float = 600) -> dict:

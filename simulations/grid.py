@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 
 from fedgen.comm import DOWN, UP, ByteLedger, record_bytes
 from fedgen.validation import check_reply
-from fedgen.wire import NUM_PARTITIONS
+from fedgen.wire import EXPERIMENT, NUM_EXAMPLES, NUM_PARTITIONS, NUM_TEST_EXAMPLES, PARTITION_ID, SERVER_ROUND
 
 log = getLogger("fedgen")
 UNKNOWN = -1
@@ -52,7 +52,8 @@ class AccountedGrid(Grid):
         self.inner = inner
         self.ledger = ledger
         self.partition_of: dict[int, int] = {}
-        self.max_examples: dict[int, int] = {}
+        self.max_examples: dict[int, dict[str, int]] = {}
+        """Per partition: the examples each message kind may report (train: its training set; evaluate: its test)."""
         self.failures: list[dict] = []
         self.checks: dict[str, Callable[[RecordDict, RecordDict], list[str]]] = {}
         """Strategy-specific reply checks by message type, run after the shared ones."""
@@ -111,7 +112,7 @@ class AccountedGrid(Grid):
         deadline = None if timeout is None else time.monotonic() + timeout
         sent = {m.metadata.dst_node_id: m for m in messages}
         rounds = {m.metadata.dst_node_id: int(m.content.config_records.get("config", ConfigRecord())
-                                              .get("server-round", 0)) for m in messages}
+                                              .get(SERVER_ROUND, 0)) for m in messages}
         valid, pending, wait = [], messages, RESEND_WAIT_S
         while pending:
             for m in pending:
@@ -134,7 +135,9 @@ class AccountedGrid(Grid):
                     self._fail(rnd, src, kind, describe_client_error(r.error.reason))
                     continue
                 self._account(rnd, src, UP, r.content, kind)
-                problems = check_reply(out.content, r.content, kind, self.max_examples.get(self._client(src)))
+                limits = self.max_examples.get(self._client(src), {})
+                problems = check_reply(out.content, r.content, kind, limits.get(kind.split(".")[0]))
+                problems += self._claims(src, r.content)
                 if not problems and kind in self.checks:
                     problems = self.checks[kind](out.content, r.content)
                 if problems:
@@ -156,6 +159,13 @@ class AccountedGrid(Grid):
             self._fail(rounds[node_id], node_id, out.metadata.message_type, f"no reply within {timeout} s")
         return sorted(valid, key=lambda r: (self._client(r.metadata.src_node_id), r.metadata.src_node_id))
 
+    def _claims(self, node_id: int, reply: RecordDict) -> list[str]:
+        """A reply may name its own partition only: the node's partition is the one it gave at discovery."""
+        known = self.partition_of.get(node_id)
+        return [f"metric '{key}.{PARTITION_ID}'={record[PARTITION_ID]} but the node holds partition {known}"
+                for key, record in reply.metric_records.items()
+                if known is not None and PARTITION_ID in record and record[PARTITION_ID] != known]
+
     # --- discovery -----------------------------------------------------------------------------------------------
     def discover(self, experiment_json: str, expected: int, timeout: float) -> dict[int, MetricRecord]:
         """Ask each node, as it connects, for its partition id, size and label histogram (round 0), until
@@ -165,7 +175,7 @@ class AccountedGrid(Grid):
         Returns the query metrics by partition id.
         """
         deadline = time.monotonic() + timeout
-        config = ConfigRecord({"experiment": experiment_json, "server-round": 0})
+        config = ConfigRecord({EXPERIMENT: experiment_json, SERVER_ROUND: 0})
         asked: set[int] = set()
         found: dict[int, MetricRecord] = {}
         while len(found) < expected:
@@ -179,10 +189,15 @@ class AccountedGrid(Grid):
             messages = [Message(RecordDict({"config": config}), message_type=MessageType.QUERY, dst_node_id=n)
                         for n in new]
             for reply in self.send_and_receive(messages, timeout=max(1.0, deadline - time.monotonic())):
-                metrics = reply.content["metrics"]
-                pid = int(metrics["partition-id"])
-                self.partition_of[reply.metadata.src_node_id] = pid
-                self.max_examples[pid] = int(metrics["num-examples"])
+                metrics, node = reply.content["metrics"], reply.metadata.src_node_id
+                pid = int(metrics[PARTITION_ID])
+                if pid in found:
+                    other = next(n for n, p in self.partition_of.items() if p == pid)
+                    raise RuntimeError(f"nodes {other} and {node} both hold partition {pid}: start each SuperNode "
+                                       f"with its own --node-config \"{PARTITION_ID}=K\"")
+                self.partition_of[node] = pid
+                self.max_examples[pid] = {MessageType.TRAIN: int(metrics[NUM_EXAMPLES]),
+                                          MessageType.EVALUATE: int(metrics[NUM_TEST_EXAMPLES])}
                 found[pid] = metrics
             failed = [f["reason"] for f in self.failures if f["round"] == 0]
             if failed:

@@ -13,6 +13,8 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedgen.wire import NUM_EXAMPLES
+
 
 def keep_dtypes(arrays: ArrayRecord, like: ArrayRecord) -> ArrayRecord:
     """Give aggregated arrays the dtypes of the model they came from.
@@ -60,6 +62,6 @@ def run_rounds(
         extras = {}
         for prefix, metrics in (("train", train_metrics), ("fedeval", eval_metrics)):
             if isinstance(metrics, MetricRecord):
-                extras.update({f"{prefix}/{k}": v for k, v in metrics.items() if k != "num-examples"})
+                extras.update({f"{prefix}/{k}": v for k, v in metrics.items() if k != NUM_EXAMPLES})
         after_round(rnd, arrays, extras)
     return arrays

@@ -1,7 +1,8 @@
 """Processes started by fedgen (SuperLinks, SuperNodes, Ray heads): started in their own session, stopped by PID.
 
 Nothing is ever stopped by name: :func:`stop` signals the process groups of the PIDs it is given (each was started
-as a session leader, so its group id is its PID) and every live descendant of them, found in /proc.
+as a session leader, so its group id is its PID) and every live descendant of them (psutil), and says which it
+could not stop.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
+
 
 def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     """Start ``cmd`` in a new session, output appended to ``log``; returns its PID."""
@@ -21,68 +24,64 @@ def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
 
 
 def descendants(pids: set[int]) -> set[int]:
-    """Every live descendant of ``pids`` (read from /proc)."""
-    parent_of = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    """Every live descendant of ``pids``."""
+    found: set[int] = set()
+    for pid in pids:
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parent_of[int(stat.parent.name)] = int(fields[1])
-        except (OSError, IndexError, ValueError):
+            found |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
+        except psutil.Error:
             continue
-    found, frontier = set(), set(pids)
-    while frontier:
-        frontier = {p for p, pp in parent_of.items() if pp in frontier} - found
-        found |= frontier
     return found
 
 
 def listening(port: int) -> set[int]:
     """PIDs of the processes listening on TCP ``port`` (on any address)."""
-    import psutil
-
     return {c.pid for c in psutil.net_connections(kind="tcp")
             if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}
 
 
 def alive(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
 
 
+def stop(pids: list[int], grace: float = 10.0) -> tuple[list[int], list[int]]:
+    """SIGTERM the groups of ``pids`` and all their descendants, SIGKILL what outlives ``grace``.
 
-
-def stop(pids: list[int], grace: float = 10.0) -> list[int]:
-    """SIGTERM the groups of ``pids`` and all their descendants, SIGKILL what outlives ``grace``; returns all PIDs."""
+    Returns (every PID signalled, the PIDs still alive at the end: e.g. another user's, which we may not signal).
+    """
     ours = set(pids)
     targets = ours | descendants(ours)
     for pid in ours:
         try:
             os.killpg(pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
-            pass
-    for pid in targets - ours:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(alive(p) for p in targets):
-        time.sleep(0.2)
-    for pid in targets:
-        if alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + grace  # SIGKILL is not instantaneous either
-    while time.monotonic() < deadline and any(alive(p) for p in targets):
-        time.sleep(0.1)
+            pass  # not a group leader, or not ours to signal: the per-process signals below still try
+    _signal(targets, "terminate")
+    _wait(targets, grace)
+    _signal({p for p in targets if alive(p)}, "kill")
+    _wait(targets, grace)  # SIGKILL is not instantaneous either
     for pid in ours:  # reap those that are this process's own children
         try:
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
-    return sorted(targets)
+    return sorted(targets), sorted(p for p in targets if alive(p))
+
+
+def _signal(pids: set[int], how: str) -> None:
+    for pid in pids:
+        try:
+            getattr(psutil.Process(pid), how)()
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.AccessDenied:
+            pass  # reported by stop() as still alive
+
+
+def _wait(pids: set[int], grace: float) -> None:
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)

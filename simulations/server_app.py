@@ -21,7 +21,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from clients.state import CLIENT_STATE_DIR
 from fedgen import checkpoint, foundation
 from fedgen.comm import UP, ByteLedger
 from fedgen.config import ExperimentConfig, load_config
@@ -29,6 +28,7 @@ from fedgen.data import load_federation
 from fedgen.models import build_model
 from fedgen.results import RunRecorder, read_rounds
 from fedgen.train import domain_accuracy, evaluate, resolve_device
+from fedgen.wire import CLIENT_STATE_DIR, EXPERIMENT, LABEL_HISTOGRAM
 from simulations.grid import PROCESS_DIED, AccountedGrid
 from simulations.loop import run_rounds
 from strategies import build_strategy
@@ -136,12 +136,13 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
         )
         t_round = time.perf_counter()
 
-    config = ConfigRecord({"experiment": experiment_json, CLIENT_STATE_DIR: str((out_dir / "client_state").resolve())})
+    config = ConfigRecord({EXPERIMENT: experiment_json, CLIENT_STATE_DIR: str((out_dir / "client_state").resolve())})
     try:
         if not isinstance(strategy, ServerSideTraining):  # learn which node holds which partition
             found = grid.discover(experiment_json, cfg.data.num_clients, cfg.strategy.round_timeout_s)
-            recorder.extras["label_histograms"] = {str(k): list(found[k]["label-histogram"]) for k in sorted(found)}
-        if resume:
+            recorder.extras["label_histograms"] = {str(k): list(found[k][LABEL_HISTOGRAM]) for k in sorted(found)}
+        if resume:  # the resumed run's query only re-learns node ids: its bytes are not the experiment's
+            ledger.restore(ckpt["ledger"])
             checkpoint.set_rng_state(ckpt["rng"])
         else:
             after_round(0, arrays, {})

@@ -8,14 +8,17 @@ oscar: one-shot encoding upload.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
 from torch import nn
 
 from fedgen.config import ExperimentConfig
 from fedgen.data import Federation
+from fedgen.fedeval import aggregate_evaluations
 from strategies.centralized import Centralized
 from strategies.feddyn import FedDyn
 from strategies.local import LocalOnly
@@ -32,6 +35,7 @@ def build_strategy(
         min_train_nodes=s.min_train_clients,
         min_evaluate_nodes=1 if s.fraction_evaluate > 0 else 0,
         min_available_nodes=cfg.data.num_clients,
+        evaluate_metrics_aggr_fn=partial(aggregate_evaluations, domain_names=fed.domain_names),
     )
     if s.name == "fedavg":
         return FedAvg(**sampling)
@@ -39,7 +43,10 @@ def build_strategy(
         return FedProx(proximal_mu=s.proximal_mu, **sampling)
     if s.name == "feddyn":
         keys = {k for k, _ in model_fn().named_parameters()}
-        return FedDyn(alpha=s.feddyn_alpha, num_clients=cfg.data.num_clients, param_keys=keys, **sampling)
+        mean = (float(np.mean([len(fed.client(k)[0]) for k in range(fed.num_clients)]))
+                if s.feddyn_alpha_by_data_share else None)
+        return FedDyn(alpha=s.feddyn_alpha, num_clients=cfg.data.num_clients, param_keys=keys, mean_examples=mean,
+                      **sampling)
     if s.name == "oscar":
         from fedgen import foundation
 

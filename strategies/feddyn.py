@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedgen import feddyn
+from fedgen.wire import FEDDYN_ALPHA, FEDDYN_MEAN_EXAMPLES
 
 
 class FedDyn(FedAvg):
@@ -30,17 +31,22 @@ class FedDyn(FedAvg):
         m, the number of clients in the federation (the server correction divides by it).
     param_keys : set of str
         The state-dict keys that are trainable parameters; other entries (e.g. BatchNorm statistics) are averaged.
+    mean_examples : float, optional
+        The mean training-set size over the federation. Given, each client scales alpha by its data share,
+        alpha / (n_k / mean_examples), as the official code does; the server's correction is the same either way.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
-    def __init__(self, alpha: float, num_clients: int, param_keys: Iterable[str], **kwargs) -> None:
+    def __init__(self, alpha: float, num_clients: int, param_keys: Iterable[str], mean_examples: float | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         if alpha <= 0:
             raise ValueError("FedDyn alpha must be positive")
         self.alpha = alpha
         self.num_clients = num_clients
         self.param_keys = set(param_keys)
+        self.mean_examples = mean_examples
         self.h: dict[str, torch.Tensor] = {}
         self._global: dict[str, torch.Tensor] = {}
 
@@ -58,7 +64,9 @@ class FedDyn(FedAvg):
             self.h = {
                 k: torch.zeros_like(v, dtype=torch.float64) for k, v in self._global.items() if k in self.param_keys
             }
-        config["feddyn-alpha"] = self.alpha
+        config[FEDDYN_ALPHA] = self.alpha
+        if self.mean_examples is not None:
+            config[FEDDYN_MEAN_EXAMPLES] = self.mean_examples
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(

@@ -25,10 +25,10 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from fedgen import oscar
 from fedgen.config import GeneratorConfig, OscarConfig
 from fedgen.data import ImageSet
+from fedgen.fedeval import aggregate_evaluations
 from fedgen.results import save_image_grid
-from fedgen.train import domain_accuracy, fit
-
-ENCODE = f"{MessageType.TRAIN}.encode"
+from fedgen.train import fit
+from fedgen.wire import ENCODE, SERVER_ROUND
 
 
 class Oscar(Strategy):
@@ -83,7 +83,7 @@ class Oscar(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         self._arrays = arrays
-        config["server-round"] = server_round
+        config[SERVER_ROUND] = server_round
         nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
         return [Message(RecordDict({"config": config}), dst_node_id=n, message_type=ENCODE) for n in nodes]
 
@@ -97,7 +97,7 @@ class Oscar(Strategy):
             m = reply["metrics"]
             arrays = {k: a.numpy() for k, a in reply[oscar.RECORD].items()}
             return oscar.check_upload(arrays, list(m.get("class-ids", [])), list(m.get("counts", [])), shape,
-                                      self.num_classes)
+                                      self.num_classes, self.cfg.encoding_dtype)
 
         return {ENCODE: check}
 
@@ -139,19 +139,10 @@ class Oscar(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         if self.fraction_evaluate == 0:
             return []
-        config["server-round"] = server_round
+        config[SERVER_ROUND] = server_round
         nodes = self._sample(grid, self.fraction_evaluate, 1)
         content = RecordDict({"arrays": arrays, "config": config})
         return [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        metrics = [r.content["metrics"] for r in replies]
-        if not metrics:
-            return None
-        n = np.array([m["num-examples"] for m in metrics])
-        out = {"acc": float(np.average([m["eval-acc"] for m in metrics], weights=n))}
-        out.update({f"acc-client-{int(m['partition-id'])}": float(m["eval-acc"]) for m in metrics})
-        correct = np.sum([m["domain-correct"] for m in metrics], axis=0)
-        total = np.sum([m["domain-count"] for m in metrics], axis=0)
-        out.update({f"acc-domain-{d}": acc for d, acc in domain_accuracy(self.domain_names, correct, total).items()})
-        return MetricRecord(out)
+        return aggregate_evaluations([r.content for r in replies], domain_names=self.domain_names)

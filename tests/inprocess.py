@@ -43,6 +43,9 @@ class InProcessGrid(Grid):
         }
         self._replies: dict[str, Message] = {}
         self.delivered: list[Message] = []
+        """Every message the server sent."""
+        self.received: list[Message] = []
+        """Every reply the server received (before the server's own validation)."""
 
     def set_run(self, run) -> None:  # pragma: no cover - nothing to set
         pass
@@ -74,7 +77,9 @@ class InProcessGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+        replies = [self._replies.pop(i) for i in message_ids if i in self._replies]
+        self.received.extend(replies)
+        return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages, timeout))

@@ -21,13 +21,21 @@ def test_defaults_validate():
         ({"strategy": {"name": "fedsgd"}}, "strategy.name"),
         ({"data": {"dataset": "folder"}}, "data.path is required"),
         ({"strategy": {"min_train_clients": 7}}, "exceeds data.num_clients=6"),
-        ({"strategy": {"fraction_train": 0.1, "min_train_clients": 2}}, "fewer than strategy.min_train_clients"),
     ],
 )
 def test_bad_values_name_the_key(tree, key):
     with pytest.raises(ConfigError) as err:
         validate(tree)
     assert key in str(err.value)
+
+
+@pytest.mark.parametrize("clients, fraction, minimum, sampled", [(6, 0.3, 2, 2), (6, 0.5, 2, 3), (10, 0.25, 1, 2),
+                                                                  (6, 0.1, 2, 2), (7, 1.0, 2, 7)])
+def test_the_sample_size_is_flowers(clients, fraction, minimum, sampled):
+    """max(int(n * fraction), min): a fraction that rounds below the minimum is accepted, as Flower accepts it."""
+    cfg = validate({"data": {"num_clients": clients, "partition": {"kind": "iid"}},
+                    "strategy": {"fraction_train": fraction, "min_train_clients": minimum}})
+    assert cfg.train_sample_size() == sampled
 
 
 def test_overrides_are_parsed_as_yaml_and_nested():

@@ -5,6 +5,7 @@ Every process a test starts is stopped by PID (its process group and descendants
 """
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -42,8 +43,8 @@ def test_secure_two_node_federation_over_grpc(tmp_path):
         listed = json.loads(deploy.flwr(folder, "supernode", "list", deploy.CONNECTION, "--format", "json").stdout)
         assert len(listed["nodes"]) == 2
     finally:
-        stopped = deploy.down(folder)
-    assert state["pids"][0] in stopped
+        stopped, left = deploy.down(folder)
+    assert state["pids"][0] in stopped and left == []
     assert not any(procs.alive(p) for p in stopped)
     assert deploy.load_state(folder)["pids"] == []
 
@@ -55,11 +56,38 @@ def test_down_stops_only_what_it_started(tmp_path):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     (folder / deploy.STATE_FILE).write_text(json.dumps({"pids": [mine], "nodes": 0, "secure": False}))
     try:
-        assert deploy.down(folder, grace=5) == [mine]
+        assert deploy.down(folder, grace=5) == ([mine], [])
         assert not procs.alive(mine) and other.poll() is None
     finally:
         other.kill()
         other.wait()
+
+
+def test_down_keeps_and_reports_what_it_could_not_stop(tmp_path, monkeypatch):
+    """A process we may not signal (another user's, say) stays recorded, and a later `down` tries again."""
+    import psutil
+
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    mine = procs.start([sys.executable, "-c", "import time; time.sleep(60)"], folder / "mine.log")
+    (folder / deploy.STATE_FILE).write_text(json.dumps({"pids": [mine], "nodes": 0, "secure": False}))
+    try:
+        with monkeypatch.context() as m:
+            def denied(*args):
+                raise PermissionError(1, "Operation not permitted")
+
+            def access_denied(self):
+                raise psutil.AccessDenied(self.pid)
+
+            m.setattr(os, "killpg", denied)
+            m.setattr(psutil.Process, "terminate", access_denied)
+            m.setattr(psutil.Process, "kill", access_denied)
+            assert deploy.down(folder, grace=1) == ([mine], [mine])
+        assert procs.alive(mine) and deploy.load_state(folder)["pids"] == [mine]
+        assert deploy.down(folder, grace=5) == ([mine], [])
+        assert not procs.alive(mine) and deploy.load_state(folder)["pids"] == []
+    finally:
+        procs.stop([mine], grace=5)
 
 
 def test_certs_and_node_keys_load_as_flower_loads_them(tmp_path):

@@ -131,7 +131,7 @@ def test_a_killed_client_process_costs_one_round_of_its_work(where, tiny_cfg, tm
         summary = run(cfg, tmp_path / "run", client_app=marking_app(marks))
     finally:
         if head is not None:
-            stopped = procs.stop([head], grace=15)
+            stopped, _ = procs.stop([head], grace=15)
     killer.join(timeout=60)
     assert killer.killed is not None, "no client process was seen training in round 1"
     part, pid = killer.killed

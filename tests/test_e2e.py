@@ -1,5 +1,6 @@
 """End to end through the `fedgen` command and Flower's simulation engine on Ray."""
 
+import csv
 import json
 import os
 import subprocess
@@ -55,9 +56,9 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
 
     from simulations import procs
 
-    args = ["simulations/configs/digits_domains.yaml", "--set", "rounds=3", "--set", "data.num_clients=3",
-            "--set", "data.partition.kind=iid", "--set", "strategy.name=feddyn"]
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    args = ["simulations/configs/digits_domains.yaml", "--set", "rounds=3", "--set", "data.num_clients=4",
+            "--set", "data.partition.kind=iid", "--set", "strategy.name=feddyn", "--set", "strategy.fraction_train=0.5"]
+    whole, cut = tmp_path / "whole", tmp_path / "broke"
     subprocess.run([*FEDGEN, "run", *args, "--out", str(whole)], check=True, capture_output=True, timeout=600)
     proc = subprocess.Popen([*FEDGEN, "run", *args, "--out", str(cut)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -80,3 +81,12 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     a, b = torch.load(whole / "model.pt"), torch.load(cut / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def sampled_and_bytes(run):  # 2 of 4 clients per round: the resumed run must sample as the whole one did
+        with open(run / "bytes.csv") as f:
+            return sorted((e["round"], e["client"], e["direction"], e["kind"], e["bytes"]) for e in csv.DictReader(f))
+
+    assert sampled_and_bytes(cut) == sampled_and_bytes(whole)
+    assert len({(r, c) for r, c, d, k, _ in sampled_and_bytes(whole) if k == "train"}) == 2 * 3
+    s_whole, s_cut = (json.loads((r / "summary.json").read_text()) for r in (whole, cut))
+    assert (s_cut["bytes_up"], s_cut["bytes_down"]) == (s_whole["bytes_up"], s_whole["bytes_down"])

@@ -129,18 +129,22 @@ def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tin
     cfg = tiny_cfg(rounds=3, data={"num_clients": 4},
                    strategy={"name": strategy, "fraction_train": 0.5, "min_train_clients": 2})
     whole = run_experiment(InProcessGrid(app, 4), cfg, tmp_path / "whole")
-    _interrupted_in_round_3(strategy, cfg, tmp_path / "cut", monkeypatch)
-    cut = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    _interrupted_in_round_3(strategy, cfg, tmp_path / "broke", monkeypatch)
+    cut = json.loads((tmp_path / "broke" / "summary.json").read_text())
     assert cut["status"] == "failed" and cut["rounds"] == 2
     # a new federation (new node ids, fresh client contexts): client state must come from the clients' disks
-    resumed = run_experiment(InProcessGrid(app, 4, seed=9), cfg, tmp_path / "cut", resume=True)
+    resumed = run_experiment(InProcessGrid(app, 4, seed=9), cfg, tmp_path / "broke", resume=True)
     name = "client_models.pt" if strategy == "local" else "model.pt"
-    a, b = torch.load(tmp_path / "whole" / name), torch.load(tmp_path / "cut" / name)
+    a, b = torch.load(tmp_path / "whole" / name), torch.load(tmp_path / "broke" / name)
     if strategy == "local":
         a, b = [v for m in a.values() for v in m.values()], [v for m in b.values() for v in m.values()]
     else:
         a, b = list(a.values()), list(b.values())
     assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    rows = [json.loads(r) for r in (tmp_path / "cut" / "rounds.jsonl").read_text().splitlines()]
+    rows = [json.loads(r) for r in (tmp_path / "broke" / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     assert resumed["final_accuracy"] == whole["final_accuracy"] and resumed["status"] == "finished"
+    # the same clients sampled, the same bytes (folder names of one length: the config carries the path); the
+    # resumed run's partition query is not counted again
+    assert (tmp_path / "broke" / "bytes.csv").read_text() == (tmp_path / "whole" / "bytes.csv").read_text()
+    assert (resumed["bytes_up"], resumed["bytes_down"]) == (whole["bytes_up"], whole["bytes_down"])

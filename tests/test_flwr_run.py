@@ -69,7 +69,7 @@ def test_flwr_run_dot_runs_the_default_experiment_as_fedgen_run_does(tmp_path):
         assert run["status"] == "finished:completed", output[-3000:]
         assert "round   2/2" in output and f"run finished: {out}" in output
     finally:  # what `fedgen local-superlink stop` does
-        stopped = procs.stop(sorted(superlinks), grace=15)
+        stopped, _ = procs.stop(sorted(superlinks), grace=15)
     assert superlinks and not any(procs.alive(p) for p in stopped) and not procs.listening(http)
 
     summary = json.loads((out / "summary.json").read_text())

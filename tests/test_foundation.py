@@ -55,9 +55,29 @@ def test_a_missing_model_says_how_to_provide_it(tmp_path):
         foundation.Generator(str(tmp_path / "empty"), "ddim", CPU, torch.float32)
 
 
+TWO_STEPS = dict(captioner_steps=2, vae_steps=2, generator_steps=2, batch_size=8, check_images_per_pair=1,
+                 check_steps=2)
+
+
+def test_embedded_profile_below_its_floor_fails_loudly_and_is_not_used(tmp_path):
+    """Two training steps cannot name or draw digits: prepare refuses the models, names both figures, keeps them
+    aside for inspection, and nothing is cached for a run to pick up."""
+    cfg = FoundationConfig(cache_dir=str(tmp_path), embedded=EmbeddedConfig(**TWO_STEPS))
+    with pytest.raises(RuntimeError, match=r"below their floor \(caption digit accuracy 0\.\d+ < 0\.75; "
+                                           r"class fidelity 0\.\d+ < 0\.75\)"):
+        foundation.resolve(cfg, prepare=True)
+    with pytest.raises(FileNotFoundError):
+        foundation.resolve(cfg)
+    (kept,) = tmp_path.glob("embedded-*.tmp")
+    fidelity = json.loads((kept / "fedgen-embedded.json").read_text())["class_fidelity"]
+    assert fidelity["images"] == 10 * 6 and set(fidelity["per_domain"]) == {
+        "plain", "inverted", "coloured", "rotated", "noisy", "blurred"}
+    assert fidelity["judge_accuracy_on_test"] > 0.8  # the judge itself reads real digits
+
+
 def test_embedded_profile_prepares_once_and_loads_through_from_pretrained(tmp_path):
     cfg = FoundationConfig(cache_dir=str(tmp_path), embedded=EmbeddedConfig(
-        captioner_steps=2, vae_steps=2, generator_steps=2, batch_size=8))
+        **TWO_STEPS, min_caption_accuracy=0, min_class_fidelity=0))
     with pytest.raises(FileNotFoundError, match="fedgen foundation prepare embedded"):
         foundation.resolve(cfg)
     paths = foundation.resolve(cfg, prepare=True)
@@ -67,6 +87,9 @@ def test_embedded_profile_prepares_once_and_loads_through_from_pretrained(tmp_pa
     assert 0.0 <= manifest["captioner_digit_accuracy_on_test"] <= 1.0 and manifest["seconds"]["total"] > 0
     other = FoundationConfig(cache_dir=str(tmp_path), embedded=cfg.embedded.model_copy(update={"seed": 1}))
     assert foundation.resolve(other, prepare=True).generator != paths.generator  # other settings, other folder
+    checked = FoundationConfig(cache_dir=str(tmp_path), embedded=cfg.embedded.model_copy(
+        update={"min_class_fidelity": 0.5, "check_images_per_pair": 3}))
+    assert foundation.resolve(checked) == paths  # the check's own settings train nothing again
     cap = foundation.Captioner(paths.captioner, "blip", CPU, torch.float32)
     assert len(cap.caption(np.zeros((2, 32, 32, 3), np.uint8), 2, 4)) == 2
     enc = foundation.TextEncoder(paths.generator, CPU, torch.float32).encode(["a red handwritten digit"])
@@ -98,11 +121,17 @@ def test_class_means_wire_format_and_checks():
     assert meta == {"class-ids": [1, 3], "counts": [2, 2]}
     assert arrays["encodings"].shape == (2, 2, 3) and arrays["encodings"].dtype == torch.float16
     arrays = {k: v.numpy() for k, v in arrays.items()}
-    assert oscar.check_upload(arrays, meta["class-ids"], meta["counts"], (2, 3), 10) == []
-    bad = oscar.check_upload({"encodings": np.zeros((2, 5, 3))}, [1, 12], [0, 2], (2, 3), 10)
+    assert oscar.check_upload(arrays, meta["class-ids"], meta["counts"], (2, 3), 10, "float16") == []
+    bad = oscar.check_upload({"encodings": np.zeros((2, 5, 3))}, [1, 12], [0, 2], (2, 3), 10, "float16")
     assert any("outside 0..9" in p for p in bad) and any("not positive" in p for p in bad)
     assert any("shape [2, 5, 3], expected [2, 2, 3]" in p for p in bad)
+    assert any("is float64, expected float16" in p for p in bad)
     assert any("expected one array" in p for p in oscar.check_upload({"x": arrays["encodings"]}, [1, 3], [2, 2],
-                                                                     (2, 3), 10))
+                                                                     (2, 3), 10, "float16"))
+    fractional = oscar.check_upload(arrays, [1.5, 3], [2, 2.5], (2, 3), 10, "float16")
+    assert fractional == ["class id 1.5 is not a whole number", "count 2.5 is not a whole number"]
+    as_ints = {"encodings": arrays["encodings"].astype(np.int8)}
+    wrong_dtype = oscar.check_upload(as_ints, [1, 3], [2, 2], (2, 3), 10, "float16")
+    assert wrong_dtype == ["'encodings' is int8, expected float16"]
     stacked, classes, clients = oscar.stack([(7, arrays, [1, 3]), (9, {"encodings": arrays["encodings"][:1]}, [0])])
     assert stacked.shape == (3, 2, 3) and classes.tolist() == [1, 3, 0] and clients.tolist() == [7, 7, 9]

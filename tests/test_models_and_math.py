@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,3 +57,20 @@ def test_feddyn_client_terms():
     assert abs(value.item() - 2.9) < 1e-6
     new = feddyn.client_state_update(grad, [model.weight.detach()], glob, alpha=0.2)
     assert torch.allclose(new[0], torch.tensor([[0.5, -1.4]]))
+
+
+def test_training_leaves_the_process_wide_rng_alone():
+    """fit() draws its shuffle from a generator of its own: the server and in-process clients share torch's RNG."""
+    from fedgen.data.images import ImageSet
+    from fedgen.train import fit
+
+    data = ImageSet(np.zeros((20, 8, 8, 3), np.uint8), np.arange(20) % 10, np.zeros(20, np.int64))
+    kwargs = dict(epochs=1, batch_size=8, lr=0.1, momentum=0.0, weight_decay=0.0, device=torch.device("cpu"), seed=7)
+    a, b = build_model("cnn", 10, image_size=8), build_model("cnn", 10, image_size=8)
+    b.load_state_dict(a.state_dict())
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    fit(a, data, **kwargs)
+    assert torch.equal(torch.get_rng_state(), before)
+    fit(b, data, **kwargs)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

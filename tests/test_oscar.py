@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import MessageType
 from inprocess import InProcessGrid
 
 from clients.app import app
+from fedgen.comm import record_bytes
+from fedgen.wire import ENCODE
 from simulations.server_app import run_experiment
 
 
@@ -32,20 +33,25 @@ def test_oscar_round_uploads_only_category_encodings(oscar_cfg, tiny_models, tmp
     grid = InProcessGrid(app, cfg.data.num_clients)
     summary = run_experiment(grid, cfg, tmp_path / "run")
     assert summary["status"] == "finished" and summary["rounds"] == 1
-    # what the clients sent in the encode round: per-class encodings and counts, nothing else
-    encode_msgs = [m for m in grid.delivered if m.metadata.message_type == f"{MessageType.TRAIN}.encode"]
-    assert len(encode_msgs) == 3 and all(not m.content.array_records for m in encode_msgs)  # no model sent either
-    client_0 = InProcessGrid(app, 3)
-    (reply,) = client_0.send_and_receive([encode_msgs[0]])
-    content = reply.content
-    assert set(content.keys()) == {"encodings", "metrics"} and not content.config_records
-    (enc,) = content["encodings"].values()
-    assert tuple(enc.shape) == (10, 16, 32)  # (classes, sequence, hidden) of the text encoder: no image, no weights
-    assert enc.dtype == "float16"
-    metrics = content["metrics"]
-    assert set(metrics.keys()) == {"class-ids", "counts", "num-examples", "caption-seconds", "encode-seconds"}
-    assert sum(metrics["counts"]) == metrics["num-examples"]  # no caption (or any text) leaves the client
-    assert list(metrics["class-ids"]) == list(range(10))
+    sent = [m for m in grid.delivered if m.metadata.message_type == ENCODE]
+    assert len(sent) == 3 and all(not m.content.array_records for m in sent)  # no model sent either
+    # what the server received in this run's encode round: per-class encodings and numbers, nothing else
+    replies = [r for r in grid.received if r.metadata.reply_to_message_id in
+               {m.metadata.message_id for m in sent}]
+    assert len(replies) == 3
+    for reply in replies:
+        content = reply.content
+        assert set(content.keys()) == {"encodings", "metrics"} and not content.config_records  # no text record
+        (enc,) = content["encodings"].values()
+        assert tuple(enc.shape) == (10, 16, 32)  # (classes, sequence, hidden) of the text encoder: no image/weights
+        assert enc.dtype == "float16"
+        metrics = content["metrics"]
+        assert set(metrics.keys()) == {"class-ids", "counts", "num-examples", "caption-seconds", "encode-seconds"}
+        assert all(isinstance(v, int | float) or all(isinstance(x, int | float) for x in v)
+                   for v in metrics.values())  # numbers only: no caption, no string of any kind
+        assert sum(metrics["counts"]) == metrics["num-examples"] and list(metrics["class-ids"]) == list(range(10))
+        # the array header and the numbers above: ~400 B; captions would add ~50 B for each of ~2,000 images
+        assert record_bytes(content) < enc.numpy().nbytes + 1_000
 
     rows = [json.loads(r) for r in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
     assert rows[1]["train/generated-images"] == 5 * sum(len(h) - h.count(0) for h in

@@ -70,11 +70,36 @@ def test_seeded_runs_repeat_exactly_including_client_sampling(tiny_cfg, tmp_path
 
     _, rows_a, out_a = _run(cfg, tmp_path, "a")
     _, rows_b, out_b = _run(cfg, tmp_path, "b")
-    _, rows_c, out_c = _run(cfg.model_copy(update={"seed": 5}), tmp_path, "c")
     assert [r["accuracy"] for r in rows_a] == [r["accuracy"] for r in rows_b]
     assert sampled(out_a) == sampled(out_b)
     assert len(sampled(out_a)) == 2 * 2 * 3  # 2 of 4 clients per round, a message each way, 3 rounds
-    assert sampled(out_a) != sampled(out_c) or rows_a != rows_c
+
+
+def test_client_sampling_follows_the_seed_alone(tiny_cfg):
+    """The sampled partition ids, from the strategy itself with one model for every seed: the same seed samples the
+    same clients, another seed others, and each round takes Flower's max(int(n * fraction), min) clients."""
+    from flwr.app import ConfigRecord as Config
+
+    from fedgen.comm import ByteLedger
+    from simulations.grid import AccountedGrid
+    from simulations.server_app import seed_everything
+    from strategies import build_strategy
+
+    cfg = tiny_cfg(data={"num_clients": 6}, strategy={"fraction_train": 0.3, "min_train_clients": 2})
+    fed = load_federation(cfg.data, cfg.seed)
+    arrays = ArrayRecord(build_model("cnn", fed.num_classes).state_dict())
+    grid = AccountedGrid(InProcessGrid(app, 6), ByteLedger())
+    grid.discover(cfg.to_json(), 6, 60)
+
+    def draws(seed):
+        strategy = build_strategy(cfg, fed, lambda: build_model("cnn", fed.num_classes), "cpu", None)
+        seed_everything(seed)
+        return [sorted(grid.partition_of[m.metadata.dst_node_id]
+                       for m in strategy.configure_train(r, arrays, Config(), grid)) for r in (1, 2, 3)]
+
+    assert draws(0) == draws(0)
+    assert draws(0) != draws(1)
+    assert all(len(ids) == cfg.train_sample_size() == 2 and set(ids) <= set(range(6)) for ids in draws(0) + draws(1))
 
 
 def test_feddyn_keeps_client_state_and_fedprox_sends_mu(tiny_cfg, tmp_path):
@@ -120,8 +145,78 @@ def test_a_client_that_cannot_start_stops_the_run_with_a_clear_message(tiny_cfg,
     grid = InProcessGrid(app, 4)
     bad_node = list(grid.get_node_ids())[0]
     grid.contexts[bad_node].node_config["partition-id"] = 99  # this client cannot find its data
-    with pytest.raises(RuntimeError, match="only 3 of 4 clients answered"):
+    with pytest.raises(RuntimeError, match="1 client node.s. could not answer the partition query"):
         run_experiment(grid, cfg, tmp_path / "bad")
     summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["failures"][0]["client"] == -1
     assert "partition-id 99" in summary["failures"][0]["reason"]
+
+
+def test_federated_evaluation_is_aggregated_by_client_and_domain_for_every_strategy(tiny_cfg, tmp_path):
+    """Evaluation replies with a test split larger than the training split are accepted (each kind is checked
+    against its own count); the aggregate names the overall, per-client and per-domain accuracy and nothing else."""
+    cfg = tiny_cfg(rounds=1, data={"client_test_fraction": 0.6}, strategy={"name": "feddyn", "fraction_evaluate": 1.0})
+    summary, rows, _ = _run(cfg, tmp_path)
+    assert summary["failures"] == []
+    fed = load_federation(cfg.data, cfg.seed)
+    keys = {k for k in rows[1] if k.startswith("fedeval/")}
+    assert keys == {"fedeval/acc", "fedeval/loss"} | {f"fedeval/acc-client-{k}" for k in range(3)} | {
+        f"fedeval/acc-domain-{d}" for d in fed.domain_names}
+    tests = [fed.client(k)[1] for k in range(3)]
+    assert all(len(t) > len(fed.client(k)[0]) for k, t in enumerate(tests))
+    weights = np.array([len(t) for t in tests])
+    per_client = np.array([rows[1][f"fedeval/acc-client-{k}"] for k in range(3)])
+    assert rows[1]["fedeval/acc"] == pytest.approx(np.average(per_client, weights=weights))
+
+
+def test_two_nodes_with_one_partition_are_refused_naming_them(tiny_cfg, tmp_path):
+    grid = InProcessGrid(app, 3)
+    a, b, _ = grid.get_node_ids()
+    grid.contexts[b].node_config["partition-id"] = 0  # a second node started for partition 0
+    with pytest.raises(RuntimeError, match=rf"nodes ({a} and {b}|{b} and {a}) both hold partition 0"):
+        run_experiment(grid, tiny_cfg(), tmp_path / "run")
+
+
+def test_a_reply_cannot_speak_for_another_partition(tiny_cfg, tmp_path, monkeypatch):
+    from clients import finetune
+
+    original = finetune.evaluate
+
+    def impostor(msg, context):
+        reply = original(msg, context)
+        if context.node_config["partition-id"] == 1:
+            reply.content["metrics"]["partition-id"] = 2
+        return reply
+
+    monkeypatch.setattr(finetune, "evaluate", impostor)
+    summary, rows, _ = _run(tiny_cfg(rounds=1, strategy={"fraction_evaluate": 1.0}), tmp_path)
+    (failure,) = summary["failures"]
+    assert failure["client"] == 1 and failure["kind"] == "evaluate"
+    assert "metric 'metrics.partition-id'=2 but the node holds partition 1" in failure["reason"]
+    assert "fedeval/acc-client-0" in rows[1] and "fedeval/acc-client-1" not in rows[1]
+
+
+def test_feddyn_alpha_by_data_share_as_the_official_code(tiny_cfg, tmp_path, monkeypatch):
+    """With feddyn_alpha_by_data_share, client k trains with alpha * mean(n) / n_k; without, with alpha."""
+    from fedgen import feddyn
+
+    used = []  # in the order Flower sampled the clients
+    original = feddyn.client_penalty
+
+    def spy(global_params, grads, alpha):
+        used.append(alpha)
+        return original(global_params, grads, alpha)
+
+    monkeypatch.setattr(feddyn, "client_penalty", spy)
+    part = {"kind": "dirichlet", "alpha": 0.3}
+    cfg = tiny_cfg(rounds=1, data={"partition": part},
+                   strategy={"name": "feddyn", "feddyn_alpha": 0.1, "feddyn_alpha_by_data_share": True})
+    _run(cfg, tmp_path, "share")
+    fed = load_federation(cfg.data, cfg.seed)
+    sizes = np.array([len(fed.client(k)[0]) for k in range(3)])
+    assert len(set(sizes)) == 3  # unequal shares, so the scaling shows
+    assert sorted(used) == pytest.approx(sorted(0.1 * sizes.mean() / sizes))
+    used.clear()
+    _run(cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"feddyn_alpha_by_data_share": False})}),
+         tmp_path, "plain")
+    assert used == [0.1, 0.1, 0.1]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,13 @@ from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
 from fedgen.config import EmbeddedConfig
-from fedgen.data.digits import CLASS_NAMES, default_splits
+from fedgen.data.digits import CLASS_NAMES, DOMAIN_NAMES, default_splits
 from fedgen.data.digits import SIZE as DIGITS_SIZE
+from fedgen.data.images import ImageSet
 from fedgen.foundation.captions import describe, vocabulary
 from fedgen.foundation.tiny import blip_captioner, blip_processor, clip_tokenizer, sd_pipeline
+from fedgen.models import build_model
+from fedgen.train import evaluate, fit, predict
 
 SIZE = DIGITS_SIZE
 MAX_TOKENS = 16
@@ -37,9 +41,13 @@ CFG_DROPOUT = 0.1
 MANIFEST = "fedgen-embedded.json"
 
 
+CHECK_KEYS = {"check_images_per_pair", "check_steps", "check_guidance_scale", "min_caption_accuracy",
+              "min_class_fidelity"}
+
+
 def profile_dir(cache_dir: str | Path, cfg: EmbeddedConfig) -> Path:
     """One folder per set of pre-training settings, so a changed setting never reuses stale models."""
-    digest = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:10]
+    digest = hashlib.sha256(cfg.model_dump_json(exclude=CHECK_KEYS).encode()).hexdigest()[:10]
     return Path(cache_dir).expanduser() / f"embedded-{digest}"
 
 
@@ -160,11 +168,61 @@ def prepare_embedded(cfg: EmbeddedConfig, cache_dir: str | Path, progress: bool 
     captioner.save_pretrained(tmp / "captioner")
     processor.save_pretrained(tmp / "captioner")
     pipe.save_pretrained(tmp / "generator")
+    t = time.perf_counter()
+    report["class_fidelity"] = class_fidelity(tmp / "generator", test, cfg, progress)
+    report["seconds"]["check"] = time.perf_counter() - t
     report["seconds"]["total"] = time.perf_counter() - t0
     report["torch_threads"] = torch.get_num_threads()
     (tmp / MANIFEST).write_text(json.dumps(report, indent=2))
+    below = [f"{name} {value:.3f} < {floor}" for name, value, floor in (
+        ("caption digit accuracy", report["captioner_digit_accuracy_on_test"], cfg.min_caption_accuracy),
+        ("class fidelity", report["class_fidelity"]["overall"], cfg.min_class_fidelity)) if value < floor]
+    if below:
+        raise RuntimeError(f"the embedded foundation models are below their floor ({'; '.join(below)}): not used. "
+                           f"They stay in {tmp} with {MANIFEST} for inspection; train longer "
+                           "(foundation.embedded.*_steps) or lower foundation.embedded.min_*")
     tmp.rename(out)
     return out
+
+
+@lru_cache(maxsize=1)
+def _judge(seed: int) -> tuple[torch.nn.Module, float]:
+    """A small CNN trained on the public split (15 epochs of SGD), and its accuracy on the test split."""
+    splits, cpu = default_splits(), torch.device("cpu")
+    judge = build_model("cnn", len(CLASS_NAMES), image_size=SIZE)
+    fit(judge, splits["public"], epochs=15, batch_size=32, lr=0.01, momentum=0.9, weight_decay=5e-4, device=cpu,
+        seed=seed)
+    return judge, evaluate(judge, splits["test"], 256, cpu, len(DOMAIN_NAMES)).accuracy
+
+
+def class_fidelity(generator_dir: Path, test: ImageSet, cfg: EmbeddedConfig, progress: bool = True) -> dict:
+    """How often the generator draws the digit its caption names: the true captions of ``check_images_per_pair``
+    held-out test images per (class, domain), one image each, read by a judge CNN trained on the public split.
+
+    Returns the share overall and per domain, the judge's own accuracy on the test split, and the image count.
+    """
+    from fedgen.foundation import Generator, TextEncoder  # the package imports this module
+
+    cpu = torch.device("cpu")
+    judge, judge_accuracy = _judge(cfg.seed)
+    pick = np.concatenate([np.flatnonzero((test.labels == c) & (test.domains == d))[:cfg.check_images_per_pair]
+                           for c in range(len(CLASS_NAMES)) for d in range(len(DOMAIN_NAMES))])
+    captions = [describe(test.images[i], test.labels[i], test.domains[i]) for i in pick]
+    encodings = TextEncoder(str(generator_dir), cpu, torch.float32).encode(captions)
+    images = Generator(str(generator_dir), "ddim", cpu, torch.float32).generate(
+        encodings, 1, cfg.check_steps, cfg.check_guidance_scale, SIZE, 100, cfg.seed, progress)
+    made = ImageSet(images, test.labels[pick], test.domains[pick])
+    _, read = predict(judge, made, 256, cpu)
+    right = read == made.labels
+    return {
+        "overall": float(right.mean()),
+        "per_domain": {d: float(right[made.domains == k].mean()) for k, d in enumerate(DOMAIN_NAMES)
+                       if (made.domains == k).any()},
+        "judge_accuracy_on_test": judge_accuracy,
+        "images": len(made),
+        "steps": cfg.check_steps,
+        "guidance_scale": cfg.check_guidance_scale,
+    }
 
 
 def caption_accuracy(captions: list[str], labels: np.ndarray) -> float:
