@@ -75,10 +75,8 @@ def _signal(pids: set[int], how: str) -> None:
     for pid in pids:
         try:
             getattr(psutil.Process(pid), how)()
-        except psutil.NoSuchProcess:
-            pass
-        except psutil.AccessDenied:
-            pass  # reported by stop() as still alive
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass  # gone already, or not ours to signal: stop() reports what is still alive
 
 
 def _wait(pids: set[int], grace: float) -> None:
