@@ -1,36 +1,40 @@
-"""The ClientApp: routes each message type to a client role.
+"""The ClientApp: routes each message type to the client role the registry names for it.
 
-train            -> finetune.train     (local training of the classifier; FedAvg, FedProx, FedDyn)
-evaluate         -> finetune.evaluate  (the global model on the local test split)
-query            -> finetune.query     (partition id and label histogram)
-train.encode     -> encode.encode      (OSCAR: per-class caption encodings)
+'query' (every run's partition query) goes to :func:`clients.common.query`; every other message type to the role
+a registered method declares (e.g. 'train' -> clients.finetune:train, 'train.encode' -> clients.encode:encode).
+A role's module is imported on its first message, so a client only loads what its run's method uses.
 """
 
 from __future__ import annotations
 
-from flwr.app import Context, Message
+from collections.abc import Callable
+from importlib import import_module
+
+from flwr.app import Context, Message, MessageType
 from flwr.clientapp import ClientApp
 
-from clients import encode, finetune
+import strategies
 
-app = ClientApp()
-
-
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    return finetune.train(msg, context)
+QUERY_ROLE = "clients.common:query"
 
 
-@app.train("encode")
-def train_encode(msg: Message, context: Context) -> Message:
-    return encode.encode(msg, context)
+def _lazy(target: str) -> Callable[[Message, Context], Message]:
+    def role(msg: Message, context: Context) -> Message:
+        module, func = target.split(":")
+        return getattr(import_module(module), func)(msg, context)
+
+    role.__name__ = target
+    return role
 
 
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    return finetune.evaluate(msg, context)
+def build_app(roles: dict[str, str] | None = None) -> ClientApp:
+    """A ClientApp answering ``roles`` (message type -> 'module:function'; default: every registered method's)."""
+    client = ClientApp()
+    routes = {MessageType.QUERY: QUERY_ROLE, **(strategies.client_roles() if roles is None else roles)}
+    for mtype, target in routes.items():
+        category, _, action = mtype.partition(".")
+        getattr(client, category)(action or "default")(_lazy(target))
+    return client
 
 
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    return finetune.query(msg, context)
+app = build_app()

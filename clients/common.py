@@ -1,12 +1,22 @@
-"""What every client role needs: the experiment config from the message, its partition and its data."""
+"""What every client role needs (the experiment config from the message, its partition and its data), and the
+partition query every client answers."""
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedgen.config import ExperimentConfig
 from fedgen.data import Federation, load_federation
-from fedgen.wire import EXPERIMENT, NUM_PARTITIONS, PARTITION_ID, SERVER_ROUND
+from fedgen.wire import (
+    EXPERIMENT,
+    LABEL_HISTOGRAM,
+    NUM_EXAMPLES,
+    NUM_PARTITIONS,
+    NUM_TEST_EXAMPLES,
+    PARTITION_ID,
+    QUERY_FACTS,
+    SERVER_ROUND,
+)
 
 
 def experiment(msg: Message) -> ExperimentConfig:
@@ -37,3 +47,16 @@ def client_data(msg: Message, context: Context) -> tuple[ExperimentConfig, Feder
 
 def server_round(msg: Message) -> int:
     return int(msg.content.config_records.get("config", ConfigRecord()).get(SERVER_ROUND, 0))
+
+
+def query(msg: Message, context: Context) -> Message:
+    """Every client's answer to the partition query: its partition id and example counts, and the facts the
+    strategy asked for ('facts'); nothing else leaves."""
+    cfg, fed, pid = client_data(msg, context)
+    data, test = fed.client(pid)
+    metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: len(data), NUM_TEST_EXAMPLES: len(test)})
+    for fact in msg.content["config"].get(QUERY_FACTS, []):
+        if fact != LABEL_HISTOGRAM:
+            raise ValueError(f"unknown client fact {fact!r} asked by the server")
+        metrics[LABEL_HISTOGRAM] = [int(v) for v in data.label_histogram(fed.num_classes)]
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

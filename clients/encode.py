@@ -1,5 +1,5 @@
 """The encode role (OSCAR): caption every local training image, encode each caption with the generator's own text
-encoder, average per class, and upload only those category encodings with class ids and counts.
+encoder, average per class, and upload only those category encodings with their class ids.
 
 No image, caption or model weight leaves the client.
 """
@@ -27,6 +27,6 @@ def encode(msg: Message, context: Context) -> Message:
                                  cfg.foundation.captioner.max_new_tokens)
     t1 = time.perf_counter()
     encodings = foundation.text_encoder(paths.generator, str(device), dtype).encode(captions)
-    content = oscar.reply_content(oscar.class_means(encodings, data.labels), cfg.oscar.encoding_dtype, len(data),
+    content = oscar.reply_content(oscar.class_means(encodings, data.labels), cfg.strategy.encoding_dtype,
                                   caption_seconds=t1 - t0, encode_seconds=time.perf_counter() - t1)
     return Message(content=content, reply_to=msg)

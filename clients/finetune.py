@@ -1,4 +1,4 @@
-"""The finetune role: train or evaluate a classifier on the client's own data; report its label histogram.
+"""The finetune role: train or evaluate a classifier on the client's own data.
 
 Train replies carry the updated weights ('arrays') and 'metrics' with 'train-loss' and 'num-examples'.
 The server's config may ask for FedProx ('proximal-mu') or FedDyn ('feddyn-alpha', and 'feddyn-mean-examples' when
@@ -25,9 +25,7 @@ from fedgen.wire import (
     EVAL_LOSS,
     FEDDYN_ALPHA,
     FEDDYN_MEAN_EXAMPLES,
-    LABEL_HISTOGRAM,
     NUM_EXAMPLES,
-    NUM_TEST_EXAMPLES,
     PARTITION_ID,
     PROXIMAL_MU,
     TRAIN_LOSS,
@@ -83,14 +81,4 @@ def evaluate(msg: Message, context: Context) -> Message:
         EVAL_LOSS: scores.loss, EVAL_ACC: scores.accuracy, NUM_EXAMPLES: len(test), PARTITION_ID: pid,
         DOMAIN_CORRECT: scores.domain_correct.tolist(), DOMAIN_COUNT: scores.domain_total.tolist(),
     })
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
-
-
-def query(msg: Message, context: Context) -> Message:
-    """This client's partition id, example count and label histogram (no data leaves)."""
-    cfg, fed, pid = client_data(msg, context)
-    data, test = fed.client(pid)
-    hist = [int(v) for v in data.label_histogram(fed.num_classes)]
-    metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: len(data), NUM_TEST_EXAMPLES: len(test),
-                            LABEL_HISTOGRAM: hist})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

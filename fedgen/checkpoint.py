@@ -28,12 +28,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir: str | Path, state: dict[str, Any]) -> None:
-    """Write atomically: an interruption mid-write leaves the previous checkpoint intact."""
-    path = Path(run_dir) / CHECKPOINT
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file, then rename: an interruption mid-write leaves the previous file intact."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
     tmp.replace(path)
+
+
+def save(run_dir: str | Path, state: dict[str, Any]) -> None:
+    save_atomic(state, Path(run_dir) / CHECKPOINT)
 
 
 def load(run_dir: str | Path) -> dict[str, Any]:

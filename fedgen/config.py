@@ -7,12 +7,13 @@ values are refused with a :class:`ConfigError` that names the offending key, bef
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, create_model, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -88,24 +89,75 @@ class TrainConfig(_Section):
     eval_batch_size: PositiveInt = 256
 
 
+SECTIONS: dict[str, type[StrategyConfig]] = {}
+"""Strategy name -> its config section: every subclass of :class:`StrategyConfig` registers itself here."""
+
+
 class StrategyConfig(_Section):
-    name: Literal["fedavg", "fedprox", "feddyn", "local", "centralized", "oscar"] = "fedavg"
+    """What every strategy shares. Each method's section subclasses it, names itself in ``name`` (a one-value
+    Literal) and adds its own keys; ``strategy.name`` picks the section, so a key of another method is refused."""
+
+    name: str = "fedavg"
     fraction_train: Annotated[float, Field(gt=0, le=1)] = 1.0
-    """Each round samples max(int(fraction_train * data.num_clients), min_train_clients) clients: Flower's rule."""
+    """Each round samples max(int(fraction_train * connected clients), min_train_clients) clients: Flower's rule."""
     min_train_clients: PositiveInt = 2
     """At least this many are sampled, and a round needs this many valid updates to count."""
     fraction_evaluate: Fraction = 0.0
     """Share of clients asked to evaluate the global model on their local test split each round."""
+    round_timeout_s: PositiveFloat = 3600.0
+    """A client that has not replied this long after a round's messages went out counts as failed for the round;
+    a round that finds fewer than min_train_clients nodes connected for this long stops the run."""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if get_origin(cls.model_fields["name"].annotation) is not Literal:
+            return  # a shared base of several sections, not a method's own
+        name = cls.model_fields["name"].default
+        if name in SECTIONS and SECTIONS[name].__qualname__ != cls.__qualname__:
+            raise ValueError(f"strategy '{name}' has two config sections: {SECTIONS[name]} and {cls}")
+        SECTIONS[name] = cls
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        """Consistency with the rest of the experiment; raise ValueError naming the key."""
+        if self.min_train_clients > cfg.data.num_clients:  # Flower would wait for that many nodes forever
+            raise ValueError(f"strategy.min_train_clients={self.min_train_clients} exceeds "
+                             f"data.num_clients={cfg.data.num_clients}")
+
+
+class FedAvgConfig(StrategyConfig):
+    name: Literal["fedavg"] = "fedavg"
+
+
+class FedProxConfig(StrategyConfig):
+    name: Literal["fedprox"] = "fedprox"
     proximal_mu: Annotated[float, Field(ge=0)] = 0.01
     """FedProx proximal weight."""
+
+
+class FedDynConfig(StrategyConfig):
+    name: Literal["feddyn"] = "feddyn"
     feddyn_alpha: PositiveFloat = 0.01
     """FedDyn regulariser weight. FedDyn corrects the trainable parameters only; BatchNorm's running statistics are
     plainly averaged, so run it with model.norm=group for the algorithm as written."""
     feddyn_alpha_by_data_share: bool = False
     """As FedDyn's official code: client k uses alpha / w_k, w_k = n_k / (mean of n over the federation), so clients
     with more data are pulled less towards the global model. False: every client uses alpha (the paper's text)."""
-    round_timeout_s: PositiveFloat = 3600.0
-    """A client that has not replied this long after a round's messages went out counts as failed for the round."""
+
+
+class ServerSideConfig(StrategyConfig):
+    """The reference runs train on the server from the partitions: no client is sampled, the shared keys are unused."""
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        pass
+
+
+class LocalConfig(ServerSideConfig):
+    name: Literal["local"] = "local"
+
+
+class CentralizedConfig(ServerSideConfig):
+    name: Literal["centralized"] = "centralized"
 
 
 class CaptionerConfig(_Section):
@@ -159,8 +211,10 @@ class FoundationConfig(_Section):
     embedded: EmbeddedConfig = EmbeddedConfig()
 
 
-class OscarConfig(_Section):
+class OscarConfig(StrategyConfig):
     """One-shot encoding upload (OSCAR). Server-side training defaults are the official code's."""
+
+    name: Literal["oscar"] = "oscar"
 
     images_per_encoding: PositiveInt = 20
     """N images generated from each (client, class) encoding."""
@@ -172,6 +226,19 @@ class OscarConfig(_Section):
     step_size: PositiveInt = 7
     gamma: PositiveFloat = 0.1
     batch_size: PositiveInt = 32
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        super().check(cfg)
+        if cfg.rounds != 1:
+            raise ValueError(f"strategy.name=oscar is one-shot: rounds must be 1, got {cfg.rounds}")
+        if cfg.foundation.profile == "embedded":
+            from fedgen.data.digits import SIZE  # the embedded models are built for digits-domains' images
+
+            if cfg.data.dataset != "digits-domains":
+                raise ValueError("foundation.profile=embedded is trained on digits-domains: use that dataset, or "
+                                 "foundation.profile=pretrained with real model paths")
+            if cfg.foundation.generator.size != SIZE:
+                raise ValueError(f"foundation.generator.size must be {SIZE} with the embedded profile")
 
 
 class RayConfig(_Section):
@@ -192,28 +259,14 @@ class ExperimentConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    strategy: StrategyConfig = StrategyConfig()
+    strategy: SerializeAsAny[StrategyConfig] = FedAvgConfig()
+    """Validated against the section of ``strategy.name`` (see :func:`validate`)."""
     foundation: FoundationConfig = FoundationConfig()
-    oscar: OscarConfig = OscarConfig()
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
-        s, d = self.strategy, self.data
-        if s.name == "oscar" and self.rounds != 1:
-            raise ValueError(f"strategy.name=oscar is one-shot: rounds must be 1, got {self.rounds}")
-        if s.name == "oscar" and self.foundation.profile == "embedded":
-            from fedgen.foundation.embedded import SIZE
-
-            if d.dataset != "digits-domains":
-                raise ValueError("foundation.profile=embedded is trained on digits-domains: use that dataset, or "
-                                 "foundation.profile=pretrained with real model paths")
-            if self.foundation.generator.size != SIZE:
-                raise ValueError(f"foundation.generator.size must be {SIZE} with the embedded profile")
-        if s.name not in ("local", "centralized") and s.min_train_clients > d.num_clients:
-            raise ValueError(  # Flower would wait for that many nodes forever
-                f"strategy.min_train_clients={s.min_train_clients} exceeds data.num_clients={d.num_clients}"
-            )
+        self.strategy.check(self)
         return self
 
     def train_sample_size(self) -> int:
@@ -225,7 +278,7 @@ class ExperimentConfig(_Section):
 
     @classmethod
     def from_json(cls, text: str) -> ExperimentConfig:
-        return cls.model_validate(json.loads(text))
+        return validate(json.loads(text), source="JSON")
 
 
 def _format(err: ValidationError, source: str) -> str:
@@ -235,6 +288,12 @@ def _format(err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+            if e["loc"][0] == "strategy" and isinstance(e["input"], (int, float, str, bool, type(None))):
+                owners = [n for n, sec in SECTIONS.items() if e["loc"][-1] in sec.model_fields]
+                if owners:
+                    msg += f" for this strategy (it belongs to {', '.join(owners)})"
+            elif len(e["loc"]) == 1 and e["loc"][0] in SECTIONS:
+                msg += f" (strategy '{e['loc'][0]}' is configured in the strategy section, with strategy.name)"
         got = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {e.get('input')!r})"
         lines.append(f"  {key}: {msg}{got}")
     return "\n".join(lines)
@@ -257,9 +316,21 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
+@functools.cache
+def _schema(section: type[StrategyConfig]) -> type[ExperimentConfig]:
+    """The experiment schema whose strategy section is ``section``."""
+    return create_model("ExperimentConfig", __base__=ExperimentConfig, strategy=(section, section()))
+
+
 def validate(tree: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """An experiment from its YAML tree, its strategy section chosen by ``strategy.name``."""
+    strategy = tree.get("strategy")
+    name = strategy.get("name", "fedavg") if isinstance(strategy, dict) else "fedavg"
+    if name not in SECTIONS:
+        raise ConfigError(f"invalid config ({source}):\n  strategy.name: unknown strategy {name!r}; choose from "
+                          + ", ".join(sorted(SECTIONS)))
     try:
-        return ExperimentConfig.model_validate(tree)
+        return _schema(SECTIONS[name]).model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format(err, source)) from None
 

@@ -1,8 +1,9 @@
 """OSCAR's plain functions: per-class category encodings, their wire format and its validation.
 
 A client's upload is one array, 'encodings' (classes, sequence, hidden): for each class it holds, the mean of the
-token-level text encodings of that class's captions; metrics 'class-ids' and 'counts' say which classes and how many
-captions. (One array rather than one per class: each array carries its own serialisation header.)
+token-level text encodings of that class's captions; metric 'class-ids' says which classes. Nothing else the
+algorithm does not use leaves the client (not how many captions each class had, nor the client's example count).
+(One array rather than one per class: each array carries its own serialisation header.)
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
-
-from fedgen.wire import NUM_EXAMPLES
 
 RECORD = "encodings"
 """The reply's ArrayRecord holding the upload."""
@@ -34,35 +33,29 @@ def to_record(means: dict[int, tuple[torch.Tensor, int]], dtype: str) -> tuple[d
     """(arrays, metrics) of an upload, the encodings cast to ``dtype`` ('float16' or 'float32')."""
     classes = sorted(means)
     stacked = torch.stack([means[c][0] for c in classes]).to(getattr(torch, dtype)).contiguous()
-    return {KEY: stacked}, {"class-ids": classes, "counts": [means[c][1] for c in classes]}
+    return {KEY: stacked}, {"class-ids": classes}
 
 
 def reply_content(
-    means: dict[int, tuple[torch.Tensor, int]], dtype: str, num_examples: int, caption_seconds: float,
-    encode_seconds: float,
+    means: dict[int, tuple[torch.Tensor, int]], dtype: str, caption_seconds: float, encode_seconds: float,
 ) -> RecordDict:
-    """A client's whole reply: the upload plus its example count and timings."""
+    """A client's whole reply: the upload plus its timings."""
     arrays, meta = to_record(means, dtype)
-    metrics = {**meta, NUM_EXAMPLES: num_examples, "caption-seconds": caption_seconds,
-               "encode-seconds": encode_seconds}
+    metrics = {**meta, "caption-seconds": caption_seconds, "encode-seconds": encode_seconds}
     return RecordDict({RECORD: ArrayRecord(arrays), "metrics": MetricRecord(metrics)})
 
 
-def check_upload(arrays: dict[str, np.ndarray], class_ids: list, counts: list, shape: tuple[int, int],
-                 num_classes: int, dtype: str) -> list[str]:
-    """Problems with an upload: class ids and counts that are not whole numbers, classes out of range or repeated,
-    counts that are not positive, encodings missing, of another dtype than ``dtype`` or of another shape than
-    (classes, *the generator's text-encoding shape*)."""
-    problems = [f"{name} {v!r} is not a whole number" for name, values in (("class id", class_ids), ("count", counts))
-                for v in values if isinstance(v, bool) or not float(v).is_integer()]
+def check_upload(arrays: dict[str, np.ndarray], class_ids: list, shape: tuple[int, int], num_classes: int,
+                 dtype: str) -> list[str]:
+    """Problems with an upload: class ids that are not whole numbers, out of range or repeated, encodings missing,
+    of another dtype than ``dtype`` or of another shape than (classes, *the generator's text-encoding shape*)."""
+    problems = [f"class id {v!r} is not a whole number" for v in class_ids
+                if isinstance(v, bool) or not float(v).is_integer()]
     if problems:
         return problems
-    if len(class_ids) != len(counts):
-        problems.append(f"{len(class_ids)} class ids but {len(counts)} counts")
     if len(set(class_ids)) != len(class_ids):
         problems.append("repeated class ids")
     problems += [f"class id {c} outside 0..{num_classes - 1}" for c in class_ids if not 0 <= int(c) < num_classes]
-    problems += [f"count {n} is not positive" for n in counts if int(n) < 1]
     if set(arrays) != {KEY}:
         return [*problems, f"expected one array '{KEY}', got {sorted(arrays)}"]
     if arrays[KEY].dtype != np.dtype(dtype):

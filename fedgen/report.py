@@ -8,15 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fedgen.comm import CLIENT_SERVER
 from fedgen.results import plot_lines, read_rounds
 
-COLUMNS = ["final_accuracy", "best_accuracy", "bytes_up", "bytes_down", "wall_seconds"]
 
-
-def aggregate(summaries: list[dict]) -> dict[str, tuple[float, float]]:
+def aggregate(summaries: list[dict], columns: list[str]) -> dict[str, tuple[float, float]]:
     """Mean and (population) standard deviation of each report column over seeds."""
     out = {}
-    for c in COLUMNS:
+    for c in columns:
         vals = np.array([s[c] for s in summaries], dtype=float)
         out[c] = (float(vals.mean()), float(vals.std()))
     return out
@@ -30,51 +29,76 @@ def _mb(x: float) -> float:
     return x / 1e6
 
 
+def _tier_bytes(summary: dict) -> dict[str, float]:
+    """'<tier> up' / '<tier> down' bytes of the tiers other than client-server (hierarchical methods)."""
+    return {f"{t} {d}": v[d] for t, v in summary.get("bytes_by_tier", {}).items() if t != CLIENT_SERVER
+            for d in ("up", "down")}
+
+
 def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], machine: str) -> str:
-    """runs: method label -> seed -> run folder (holding summary.json and rounds.jsonl). Returns the Markdown."""
+    """runs: method label -> seed -> run folder (holding summary.json and rounds.jsonl). Returns the Markdown.
+
+    Methods are sorted by their final headline metric, best first (its direction from the runs' summaries); every
+    method of a comparison must be scored by the same metric.
+    """
+    summaries = {label: {seed: json.loads((d / "summary.json").read_text()) for seed, d in by_seed.items()}
+                 for label, by_seed in runs.items()}
+    metrics = {json.dumps(s["metric"], sort_keys=True) for by_seed in summaries.values() for s in by_seed.values()}
+    if len(metrics) != 1:
+        raise ValueError(f"the methods of '{title}' are scored by different metrics: {sorted(metrics)}")
+    metric = json.loads(metrics.pop())
+    name, higher = metric["name"], metric["higher_is_better"]
+    tiers = sorted({k for by_seed in summaries.values() for s in by_seed.values() for k in _tier_bytes(s)})
+    columns = ["final", "best", "bytes_up", "bytes_down", "wall_seconds"]
     rows, curves, points = [], {}, {}
     with open(out_dir / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "seed", "status", *COLUMNS])
-        for label, by_seed in runs.items():
-            summaries = []
-            for seed, run_dir in by_seed.items():
-                s = json.loads((run_dir / "summary.json").read_text())
-                w.writerow([label, seed, s["status"], *[s[c] for c in COLUMNS]])
-                summaries.append(s)
-            agg = aggregate(summaries)
-            rows.append((label, len(summaries), agg))
-            per_seed = [read_rounds(d) for d in by_seed.values()]
+        w.writerow(["method", "seed", "status", "metric", *columns, *tiers])
+        for label, by_seed in summaries.items():
+            for seed, s in by_seed.items():
+                w.writerow([label, seed, s["status"], name, *[s[c] for c in columns],
+                            *[_tier_bytes(s).get(t, 0) for t in tiers]])
+            flat = [{**s, **_tier_bytes(s)} for s in by_seed.values()]
+            agg = aggregate(flat, columns + tiers)
+            rows.append((label, len(flat), agg))
+            per_seed = [read_rounds(d) for d in runs[label].values()]
             n_rows = min(len(r) for r in per_seed)
             curves[label] = (
                 [per_seed[0][i]["round"] for i in range(n_rows)],
-                [float(np.mean([r[i]["accuracy"] for r in per_seed])) for i in range(n_rows)],
+                [float(np.mean([r[i][name] for r in per_seed])) for i in range(n_rows)],
             )
-            points[label] = (agg["bytes_up"][0] + agg["bytes_down"][0], agg["final_accuracy"][0])
+            points[label] = (agg["bytes_up"][0] + agg["bytes_down"][0], agg["final"][0])
+    rows.sort(key=lambda r: -r[2]["final"][0] if higher else r[2]["final"][0])
+    better = "higher" if higher else "lower"
     lines = [
         f"# {title}",
         "",
-        f"Machine: {machine}. Accuracy on the global test split; bytes summed over all clients and rounds"
+        f"Machine: {machine}. Sorted by final {name} ({better} is better)"
+        + ("; accuracy on the global test split" if name == "accuracy" else "")
+        + "; bytes summed over all clients and rounds"
         + (f"; mean ± std over {rows[0][1]} seeds." if rows and rows[0][1] > 1 else "."),
         "",
-        "| method | final accuracy | best accuracy | MB up | MB down | wall time (s) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"| method | final {name} | best {name} | MB up | MB down |" + "".join(f" MB {t} |" for t in tiers)
+        + " wall time (s) |",
+        "| --- " * (6 + len(tiers)) + "|",
     ]
     for label, n, a in rows:
         lines.append(
-            f"| {label} | {_cell(*a['final_accuracy'], n, '.4f')} | {_cell(*a['best_accuracy'], n, '.4f')} "
+            f"| {label} | {_cell(*a['final'], n, '.4f')} | {_cell(*a['best'], n, '.4f')} "
             f"| {_cell(_mb(a['bytes_up'][0]), _mb(a['bytes_up'][1]), n, '.2f')} "
-            f"| {_cell(_mb(a['bytes_down'][0]), _mb(a['bytes_down'][1]), n, '.2f')} "
-            f"| {_cell(*a['wall_seconds'], n, '.1f')} |"
+            f"| {_cell(_mb(a['bytes_down'][0]), _mb(a['bytes_down'][1]), n, '.2f')} |"
+            + "".join(f" {_cell(_mb(a[t][0]), _mb(a[t][1]), n, '.2f')} |" for t in tiers)
+            + f" {_cell(*a['wall_seconds'], n, '.1f')} |"
         )
     md = "\n".join(lines) + "\n"
     (out_dir / "report.md").write_text(md)
-    plot_lines(out_dir / "accuracy.png", curves, "round", "accuracy (global test split)", title)
-    _plot_bytes(out_dir / "bytes_vs_accuracy.png", points, title)
+    ylabel = f"{name} ({better} is better)" + (" on the global test split" if name == "accuracy" else "")
+    plot_lines(out_dir / f"{name}.png", curves, "round", ylabel, title)
+    _plot_bytes(out_dir / f"bytes_vs_{name}.png", points, name, title)
     return md
 
 
-def _plot_bytes(path: Path, points: dict[str, tuple[float, float]], title: str) -> None:
+def _plot_bytes(path: Path, points: dict[str, tuple[float, float]], metric: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,7 +110,7 @@ def _plot_bytes(path: Path, points: dict[str, tuple[float, float]], title: str) 
         ax.scatter([x], [acc], s=40)
         ax.annotate(label, (x, acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
-    ax.set(xlabel="total bytes exchanged (up + down, log; 1 = none)", ylabel="final accuracy", title=title)
+    ax.set(xlabel="total bytes exchanged (up + down, log; 1 = none)", ylabel=f"final {metric}", title=title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

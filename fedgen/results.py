@@ -1,35 +1,36 @@
 """The results contract of a run folder.
 
 config.yaml     the resolved experiment config
-rounds.jsonl    one JSON object per round (round, accuracy, loss, bytes_up, bytes_down, seconds, and any extras)
-rounds.csv      the same rows, contract columns only
+rounds.jsonl    one JSON object per round (round, the task's columns, bytes_up, bytes_down, seconds, and any extras)
+rounds.csv      the same rows, contract columns only: round, the task's columns (a classifier's: accuracy, loss),
+                bytes_up, bytes_down, seconds
 bytes.csv       every ledger entry: round, client, direction, tier, kind, bytes
-summary.json    strategy, dataset, partition, num_clients, rounds, seed, final_accuracy, best_accuracy, bytes_up,
-                bytes_down, wall_seconds, status ('running' / 'finished' / 'failed'), and extras
-accuracy.png    accuracy on the global test split per round
-Rows are flushed as they come and the summary is rewritten each round, so an interrupted run keeps what it had.
+summary.json    strategy, dataset, partition, num_clients, rounds, seed, metric {name, higher_is_better}, final,
+                best (of the headline metric; a classifier's also as final_accuracy, best_accuracy), bytes_up,
+                bytes_down, bytes_by_tier {tier: {up, down}}, wall_seconds, status ('running' / 'finished' /
+                'failed'), and extras
+<metric>.png    the headline metric per round (accuracy.png for a classifier)
+Rows are flushed as they come and the summary is rewritten each round, so an interrupted run keeps what it had;
+files rewritten whole (on resume) go to a temporary file first, then are renamed.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedgen.comm import UP, ByteLedger
+from fedgen.comm import CLIENT_SERVER, DOWN, UP, ByteLedger
 from fedgen.config import ExperimentConfig, dump_yaml
 from fedgen.data.images import ImageSet
+from fedgen.tasks import Headline
 
-ROUND_COLUMNS = ["round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds"]
-SUMMARY_KEYS = [
-    "strategy", "dataset", "partition", "num_clients", "rounds", "seed", "final_accuracy", "best_accuracy",
-    "bytes_up", "bytes_down", "wall_seconds", "status",
-]
+BYTE_COLUMNS = ["bytes_up", "bytes_down", "seconds"]
 
 
 def plot_lines(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str) -> None:
@@ -76,70 +77,93 @@ def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _csv_text(rows: list[list]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
+
+
 class RunRecorder:
     """Writes one run's folder as rounds complete."""
 
     def __init__(
-        self, out_dir: str | Path, cfg: ExperimentConfig, ledger: ByteLedger, rows: list[dict] = (),
-        elapsed: float = 0.0,
+        self, out_dir: str | Path, cfg: ExperimentConfig, ledger: ByteLedger, headline: Headline,
+        columns: tuple[str, ...], rows: list[dict] = (), elapsed: float = 0.0,
     ) -> None:
         """Start a run folder; a resumed run passes the rows and seconds it already had."""
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
         self.ledger = ledger
+        self.headline = headline
+        self.columns = ["round", *columns, *BYTE_COLUMNS]
         self.rows: list[dict[str, Any]] = list(rows)
         self.extras: dict[str, Any] = {}
         self._t0 = time.perf_counter() - elapsed
         self._last = time.perf_counter()
-        (self.dir / "config.yaml").write_text(dump_yaml(cfg))
-        with open(self.dir / "rounds.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.rows)
-        with open(self.dir / "rounds.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(ROUND_COLUMNS)
-            w.writerows([r[c] for c in ROUND_COLUMNS] for r in self.rows)
+        write_atomic(self.dir / "config.yaml", dump_yaml(cfg))
+        write_atomic(self.dir / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
+        write_atomic(self.dir / "rounds.csv", _csv_text([self.columns, *([r[c] for c in self.columns]
+                                                                           for r in self.rows)]))
         self._write_summary("running")
 
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0
 
-    def record_round(self, rnd: int, accuracy: float, loss: float, **extra: Any) -> dict[str, Any]:
-        """Append one round's row (bytes of that round from the ledger) and flush it to disk."""
+    def record_round(self, rnd: int, scores: dict[str, float], extras: dict[str, Any]) -> dict[str, Any]:
+        """Append one round's row (the task's scores, then that round's bytes from the ledger) and flush it."""
         now = time.perf_counter()
         row = {
             "round": rnd,
-            "accuracy": float(accuracy),
-            "loss": float(loss),
+            **{k: float(v) for k, v in scores.items()},
             "bytes_up": self.ledger.total(UP, round=rnd),
-            "bytes_down": self.ledger.total("down", round=rnd),
+            "bytes_down": self.ledger.total(DOWN, round=rnd),
             "seconds": round(now - self._last, 3),
-            **extra,
+            **extras,
         }
+        missing = [c for c in self.columns if c not in row]
+        if missing:
+            raise ValueError(f"round {rnd}: the task's scores lack the columns {missing}")
         self._last = now
         self.rows.append(row)
         with open(self.dir / "rounds.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         with open(self.dir / "rounds.csv", "a", newline="") as f:
-            csv.writer(f).writerow([row[c] for c in ROUND_COLUMNS])
+            csv.writer(f).writerow([row[c] for c in self.columns])
         self._write_summary("running")
         return row
 
     def summary(self, status: str) -> dict[str, Any]:
         trained = [r for r in self.rows if r["round"] > 0] or self.rows
-        accs = [r["accuracy"] for r in trained]
-        return {
+        values = [r[self.headline.name] for r in trained]
+        out = {
             "strategy": self.cfg.strategy.name,
             "dataset": self.cfg.data.dataset,
             "partition": self.cfg.data.partition.kind,
             "num_clients": self.cfg.data.num_clients,
             "rounds": max((r["round"] for r in self.rows), default=0),
             "seed": self.cfg.seed,
-            "final_accuracy": accs[-1] if accs else None,
-            "best_accuracy": max(accs) if accs else None,
+            "metric": {"name": self.headline.name, "higher_is_better": self.headline.higher_is_better},
+            "final": values[-1] if values else None,
+            "best": self.headline.best(values),
+        }
+        if "accuracy" in self.columns:
+            accs = [r["accuracy"] for r in trained]
+            out.update(final_accuracy=accs[-1] if accs else None, best_accuracy=max(accs) if accs else None)
+        tiers = sorted({e.tier for e in self.ledger.entries} | {CLIENT_SERVER})
+        return {
+            **out,
             "bytes_up": self.ledger.total(UP),
-            "bytes_down": self.ledger.total("down"),
+            "bytes_down": self.ledger.total(DOWN),
+            "bytes_by_tier": {t: {"up": self.ledger.total(UP, tier=t), "down": self.ledger.total(DOWN, tier=t)}
+                              for t in tiers},
             "wall_seconds": round(self.elapsed, 3),
             "status": status,
             **self.extras,
@@ -147,21 +171,20 @@ class RunRecorder:
 
     def _write_summary(self, status: str) -> dict[str, Any]:
         summary = self.summary(status)
-        tmp = self.dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(self.dir / "summary.json")
+        write_atomic(self.dir / "summary.json", json.dumps(summary, indent=2))
         return summary
 
     def finish(self, status: str = "finished") -> dict[str, Any]:
-        with open(self.dir / "bytes.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["round", "client", "direction", "tier", "kind", "bytes"])
-            w.writeheader()
-            w.writerows(asdict(e) for e in self.ledger.entries)
+        fields = ["round", "client", "direction", "tier", "kind", "bytes"]
+        write_atomic(self.dir / "bytes.csv", _csv_text([fields, *([getattr(e, f) for f in fields]
+                                                                  for e in self.ledger.entries)]))
         if self.rows:
+            name = self.headline.name
             xs = [r["round"] for r in self.rows]
             plot_lines(
-                self.dir / "accuracy.png",
-                {self.cfg.strategy.name: (xs, [r["accuracy"] for r in self.rows])},
-                "round", "accuracy (global test split)", f"{self.cfg.name}: {self.cfg.strategy.name}",
+                self.dir / f"{name}.png",
+                {self.cfg.strategy.name: (xs, [r[name] for r in self.rows])},
+                "round", f"{name} ({'higher' if self.headline.higher_is_better else 'lower'} is better)",
+                f"{self.cfg.name}: {self.cfg.strategy.name}",
             )
         return self._write_summary(status)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 from fedgen.config import TrainConfig
 from fedgen.data.images import ImageSet
@@ -46,8 +46,12 @@ class TrainResult:
 
 
 def _loader(data: ImageSet, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    """Batches made float as they are drawn (the set stays uint8), in the order a shuffling DataLoader with this
+    seed gives."""
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(data.torch_dataset(), batch_size=batch_size, shuffle=shuffle, generator=gen)
+    order = RandomSampler(range(len(data)), generator=gen) if shuffle else SequentialSampler(range(len(data)))
+    return DataLoader(data.batches(), sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
+                      generator=gen)
 
 
 def fit(

@@ -4,7 +4,10 @@ A reply is rejected, with a reason, when it
 - carries non-numeric arrays, or NaN / Inf in any array or metric;
 - answers a message that carried a model (an ArrayRecord) without returning one of the same keys, shapes and dtypes
   (for train messages), or returns one that differs from it;
-- reports an absurd 'num-examples' (not a positive whole number, or more than the client is known to hold).
+- reports an absurd 'num-examples' (not a positive whole number, or more than the client is known to hold);
+- holds other than exactly one MetricRecord, or more than one ArrayRecord (what Flower's aggregation accepts);
+- differs in record keys from the other replies to messages of its type (Flower's aggregation would refuse the whole
+  set: :func:`inconsistent_replies` finds the odd ones out).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ def check_reply(
 ) -> list[str]:
     """Problems with ``reply`` to a message that carried ``sent``; an empty list means it is acceptable."""
     problems: list[str] = []
+    if len(reply.metric_records) != 1:
+        problems.append(f"{len(reply.metric_records)} MetricRecords {sorted(reply.metric_records)}, expected one")
+    if len(reply.array_records) > 1:
+        problems.append(f"{len(reply.array_records)} ArrayRecords {sorted(reply.array_records)}, expected at most one")
     for key, record in reply.array_records.items():
         for name, arr in record.items():
             try:
@@ -63,7 +70,32 @@ def check_reply(
                 problems.append(
                     f"metric '{key}.{NUM_EXAMPLES}'={n} exceeds the {max_examples} examples the client holds"
                 )
-    if sent.array_records and message_type.split(".")[0] == "train":
-        if not any(NUM_EXAMPLES in r for r in reply.metric_records.values()):
-            problems.append(f"missing metric '{NUM_EXAMPLES}' (needed to weight the update)")
+    weighted = message_type == "evaluate" or (sent.array_records and message_type.split(".")[0] == "train")
+    if weighted and not any(NUM_EXAMPLES in r for r in reply.metric_records.values()):
+        problems.append(f"missing metric '{NUM_EXAMPLES}' (needed to weight the reply)")
     return problems
+
+
+def _keys(reply: RecordDict) -> tuple:
+    return tuple((name, tuple(sorted(rec.keys()))) for name, rec in sorted({**reply.array_records,
+                                                                             **reply.metric_records}.items()))
+
+
+def inconsistent_replies(replies: list[RecordDict], kinds: list[str]) -> dict[int, str]:
+    """Index -> reason, for each reply whose record names and keys differ from those most replies of its message
+    type share (ties: the earliest reply's). Flower's aggregation refuses a set of replies unless all agree."""
+    odd: dict[int, str] = {}
+    for kind in set(kinds):
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        shapes = [_keys(replies[i]) for i in idx]
+        common = max(shapes, key=lambda s: (shapes.count(s), -shapes.index(s)))
+        want = {name: set(keys) for name, keys in common}
+        for i, shape in zip(idx, shapes, strict=True):
+            if shape == common:
+                continue
+            got = {name: set(keys) for name, keys in shape}
+            diffs = [f"record '{n}': extra {sorted(got.get(n, set()) - want.get(n, set()))[:5]}, "
+                     f"missing {sorted(want.get(n, set()) - got.get(n, set()))[:5]}"
+                     for n in sorted(want.keys() | got.keys()) if got.get(n) != want.get(n)]
+            odd[i] = "its record keys differ from the other replies' (" + "; ".join(diffs) + ")"
+    return odd

@@ -25,7 +25,6 @@ from simulations.procs import descendants
 
 CONFIGS = Path(__file__).parent / "configs"
 DIGITS = str(CONFIGS / "digits_domains.yaml")
-BASELINES = ["local", "fedavg", "fedprox", "feddyn", "centralized"]
 
 
 # --- the machine and the results ------------------------------------------------------------------------------------
@@ -171,12 +170,12 @@ def scale(out: Path, work: Path, sizes=(100, 1000, 5000), sampled: int = 10, rou
 
 # --- 3. bytes -------------------------------------------------------------------------------------------------------
 def oscar_upload_bytes(classes: int, seq: int, hidden: int, dtype: str) -> int:
-    """The bytes of one OSCAR reply (encodings, class ids, counts) for a text encoder of this shape."""
+    """The bytes of one OSCAR reply (encodings, class ids, timings) for a text encoder of this shape."""
     from fedgen import oscar
     from fedgen.comm import record_bytes
 
     means = {c: (torch.zeros(seq, hidden), 100) for c in range(classes)}
-    return record_bytes(oscar.reply_content(means, dtype, 100 * classes, caption_seconds=0.0, encode_seconds=0.0))
+    return record_bytes(oscar.reply_content(means, dtype, caption_seconds=0.0, encode_seconds=0.0))
 
 
 def bytes_(out: Path, work: Path) -> dict:
@@ -184,9 +183,10 @@ def bytes_(out: Path, work: Path) -> dict:
 
     from fedgen.foundation.embedded import MAX_TOKENS
     from fedgen.models import build_model
+    from strategies import METHODS
 
     per_strategy = {}
-    for name in BASELINES:
+    for name in [n for n, m in METHODS.items() if not m.foundation]:  # those the digits config runs as it is
         res = run_fedgen(DIGITS, [f"strategy.name={name}", "rounds=2"], work / f"bytes-{name}")
         s = res["summary"]
         n = s["num_clients"]
@@ -246,8 +246,23 @@ def generation(out: Path, work: Path, images: int = 200, steps: int = 20, batch:
                  f"guidance 3.0, batch {batch}, CPU float32",
         "ours_images_per_s": images / ours_s, "bare_diffusers_images_per_s": images / bare_s,
         "ratio_ours_over_bare_time": ours_s / bare_s,
-        "gpu_sd_512": "unmeasured: no GPU was lent to this run" if not torch.cuda.is_available() else "see README",
+        "gpu_images_per_s": _gpu_generation(folder, embeds, steps, batch) if torch.cuda.is_available()
+        else "not measured: no GPU",
     }
+
+
+def _gpu_generation(folder: Path, embeds: torch.Tensor, steps: int, batch: int) -> float:
+    """The same generation on CUDA, float16 (timed after a warm-up)."""
+    from fedgen.foundation import Generator
+    from fedgen.foundation.embedded import SIZE
+
+    gpu = Generator(str(folder), "ddim", torch.device("cuda"), torch.float16)
+    gpu.generate(embeds[:1], 2, 2, 3.0, SIZE, batch, seed=0, progress=False)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    gpu.generate(embeds, 10, steps, 3.0, SIZE, batch, seed=0, progress=False)
+    torch.cuda.synchronize()
+    return len(embeds) * 10 / (time.perf_counter() - t)
 
 
 # --- 5. local training throughput -----------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 raise ConfigError("fedgen run needs a CONFIG.yaml or --resume DIR")
             summary = run(cfg, out, verbose=args.verbose, resume=bool(args.resume))
-            print(f"final accuracy {summary['final_accuracy']:.4f}; results in {out}")
+            print(f"final {summary['metric']['name']} {summary['final']:.4f}; results in {out}")
         elif args.command == "compare":
             from simulations.compare import compare
 

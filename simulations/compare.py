@@ -45,14 +45,13 @@ def compare(suite_path: str | Path, out_dir: str | Path, verbose: bool = False, 
                 problems.append(f"{label} seed {seed}: failed: {err}")
                 continue
             done.setdefault(label, {})[seed] = run_dir
-            chance = 1.0 / load_federation(cfg.data, cfg.seed).num_classes
             if check and summary["rounds"] < 1:
                 problems.append(f"{label} seed {seed}: recorded no rounds")
-            if check and (summary["final_accuracy"] or 0.0) <= 2 * chance:
-                problems.append(
-                    f"{label} seed {seed}: final accuracy {summary['final_accuracy']:.4f} is at chance "
-                    f"(<= {2 * chance:.2f})"
-                )
+            if check and summary["metric"]["name"] == "accuracy":
+                chance = 1.0 / load_federation(cfg.data, cfg.seed).num_classes
+                if (summary["final"] or 0.0) <= 2 * chance:
+                    problems.append(f"{label} seed {seed}: final accuracy {summary['final']:.4f} is at chance "
+                                    f"(<= {2 * chance:.2f})")
     if done:
         md = write_report(out_dir, suite.name, done, machine_description())
         print(md)

@@ -131,7 +131,9 @@ def load_state(folder: str | Path) -> dict:
 
 
 def _save_state(folder: Path, state: dict) -> None:
-    (folder / STATE_FILE).write_text(json.dumps(state, indent=2))
+    tmp = folder / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(folder / STATE_FILE)
 
 
 def start_supernode(folder: str | Path, partition: int, num_partitions: int, key: Path | None = None) -> int:

@@ -12,20 +12,32 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from logging import getLogger
 
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedgen.comm import DOWN, UP, ByteLedger, record_bytes
-from fedgen.validation import check_reply
-from fedgen.wire import EXPERIMENT, NUM_EXAMPLES, NUM_PARTITIONS, NUM_TEST_EXAMPLES, PARTITION_ID, SERVER_ROUND
+from fedgen.validation import check_reply, inconsistent_replies
+from fedgen.wire import (
+    EXPERIMENT,
+    NUM_EXAMPLES,
+    NUM_PARTITIONS,
+    NUM_TEST_EXAMPLES,
+    PARTITION_ID,
+    QUERY_FACTS,
+    SERVER_ROUND,
+)
 
 log = getLogger("fedgen")
 UNKNOWN = -1
 RESEND_WAIT_S, MAX_RESEND_WAIT_S = 1.0, 10.0
 PROCESS_DIED = "client process died"
+
+
+def _round(message: Message) -> int:
+    return int(message.content.config_records.get("config", ConfigRecord()).get(SERVER_ROUND, 0))
 
 
 def never_ran(reason: str) -> bool:
@@ -47,10 +59,17 @@ def describe_client_error(reason: str) -> str:
     return f"client error: {reason}"
 
 
+class NodesUnavailable(RuntimeError):
+    """Fewer client nodes are connected than a round needs, for longer than the round's timeout."""
+
+
 class AccountedGrid(Grid):
-    def __init__(self, inner: Grid, ledger: ByteLedger) -> None:
+    """``min_nodes``: a round needs this many connected nodes; ``wait_s``: how long to wait for them."""
+
+    def __init__(self, inner: Grid, ledger: ByteLedger, min_nodes: int = 1, wait_s: float = 3600.0) -> None:
         self.inner = inner
         self.ledger = ledger
+        self.min_nodes, self.wait_s = min_nodes, wait_s
         self.partition_of: dict[int, int] = {}
         self.max_examples: dict[int, dict[str, int]] = {}
         """Per partition: the examples each message kind may report (train: its training set; evaluate: its test)."""
@@ -71,8 +90,24 @@ class AccountedGrid(Grid):
         return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
-        ids = list(self.inner.get_node_ids())
-        return sorted(ids, key=lambda n: (self.partition_of.get(n, 1 << 62), n))
+        """The connected nodes whose partition is known, by partition id. Flower's sampling waits, without a
+        deadline, until enough are connected: here the wait ends with :class:`NodesUnavailable` after ``wait_s``."""
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            ids = [n for n in self.inner.get_node_ids() if n in self.partition_of]
+            if len(ids) >= self.min_nodes or not self.partition_of or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        if self.partition_of and len(ids) < self.min_nodes:
+            raise NodesUnavailable(f"only {len(ids)} client node(s) connected (partitions "
+                                   f"{sorted(self.partition_of[n] for n in ids)}), fewer than the "
+                                   f"{self.min_nodes} a round needs (strategy.min_train_clients), for "
+                                   f"{self.wait_s:.0f} s (strategy.round_timeout_s)")
+        return sorted(ids, key=lambda n: self.partition_of[n])
+
+    def partition(self, node_id: int) -> int:
+        """The partition a node holds (-1 if it never answered the partition query)."""
+        return self.partition_of.get(node_id, UNKNOWN)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         raise NotImplementedError("use send_and_receive: replies are validated against the messages they answer")
@@ -102,35 +137,39 @@ class AccountedGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Send, wait, and return the valid replies ordered by partition id.
 
-        A message that never ran because its client process was being replaced (Ray restarting an actor whose
-        process died) is sent again until it runs or ``timeout`` is up; a client whose process died while it ran
-        it has lost that work and is recorded as failed.
+        Several messages may go to one node, of one type or several. A message that never ran because its client
+        process was being replaced (Ray restarting an actor whose process died) is sent again until it runs or
+        ``timeout`` is up; a client whose process died while it ran it has lost that work and is recorded as failed.
+        Replies of one type whose records differ in keys from the others' are rejected as Flower's aggregation
+        would refuse them (the keys most replies share stand).
         """
-        messages = list(messages)
-        if not messages:
+        pending = list(messages)
+        if not pending:
             return []
         deadline = None if timeout is None else time.monotonic() + timeout
-        sent = {m.metadata.dst_node_id: m for m in messages}
-        rounds = {m.metadata.dst_node_id: int(m.content.config_records.get("config", ConfigRecord())
-                                              .get(SERVER_ROUND, 0)) for m in messages}
-        valid, pending, wait = [], messages, RESEND_WAIT_S
+        sent: dict[str, Message] = {}  # message id -> the message, until answered
+        rounds: dict[str, int] = {}
+        valid, wait = [], RESEND_WAIT_S
         while pending:
             for m in pending:
-                self._account(rounds[m.metadata.dst_node_id], m.metadata.dst_node_id, DOWN, m.content,
-                              m.metadata.message_type)
+                self._account(_round(m), m.metadata.dst_node_id, DOWN, m.content, m.metadata.message_type)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            replies = list(self.inner.send_and_receive(pending, timeout=left))
+            for m in pending:  # message ids are set when a message is pushed
+                sent[m.metadata.message_id] = m
+                rounds[m.metadata.message_id] = _round(m)
             resend = []
-            for r in self.inner.send_and_receive(pending, timeout=left):
-                src = r.metadata.src_node_id
-                out = sent.get(src)
-                if out is None or r.metadata.reply_to_message_id != out.metadata.message_id:
+            for r in replies:
+                out = sent.get(r.metadata.reply_to_message_id)
+                if out is None or r.metadata.src_node_id != out.metadata.dst_node_id:
                     continue  # a stale reply to an earlier message
                 if r.has_error() and never_ran(r.error.reason) and (
                         deadline is None or time.monotonic() + wait < deadline):
                     resend.append(out)
+                    del sent[r.metadata.reply_to_message_id]
                     continue
-                del sent[src]
-                kind, rnd = out.metadata.message_type, rounds[src]
+                del sent[r.metadata.reply_to_message_id]
+                src, kind, rnd = r.metadata.src_node_id, out.metadata.message_type, rounds[out.metadata.message_id]
                 if r.has_error():
                     self._fail(rnd, src, kind, describe_client_error(r.error.reason))
                     continue
@@ -143,21 +182,27 @@ class AccountedGrid(Grid):
                 if problems:
                     self._fail(rnd, src, kind, "invalid reply: " + "; ".join(problems))
                     continue
-                valid.append(r)
+                valid.append((r, kind, rnd))
             if resend:
                 log.info("%d message(s) reached a client process that was being replaced: sending again in %.0f s",
                          len(resend), wait)
                 time.sleep(wait)
                 wait = min(2 * wait, MAX_RESEND_WAIT_S)
-            pending = []
-            for out in resend:
-                again = Message(out.content, dst_node_id=out.metadata.dst_node_id,
-                                message_type=out.metadata.message_type, group_id=out.metadata.group_id)
-                sent[out.metadata.dst_node_id] = again
-                pending.append(again)
-        for node_id, out in sent.items():
-            self._fail(rounds[node_id], node_id, out.metadata.message_type, f"no reply within {timeout} s")
-        return sorted(valid, key=lambda r: (self._client(r.metadata.src_node_id), r.metadata.src_node_id))
+            pending = [Message(out.content, dst_node_id=out.metadata.dst_node_id,
+                               message_type=out.metadata.message_type, group_id=out.metadata.group_id)
+                       for out in resend]
+        timed_out = deadline is None or time.monotonic() >= deadline - 0.5
+        for mid, out in sent.items():
+            self._fail(rounds[mid], out.metadata.dst_node_id, out.metadata.message_type,
+                       f"no reply within {timeout} s" if timed_out else "no reply: the node is no longer connected")
+        kept = []
+        odd = inconsistent_replies([r.content for r, _, _ in valid], [kind for _, kind, _ in valid])
+        for i, (r, kind, rnd) in enumerate(valid):
+            if i in odd:
+                self._fail(rnd, r.metadata.src_node_id, kind, "invalid reply: " + odd[i])
+            else:
+                kept.append(r)
+        return sorted(kept, key=lambda r: (self._client(r.metadata.src_node_id), r.metadata.src_node_id))
 
     def _claims(self, node_id: int, reply: RecordDict) -> list[str]:
         """A reply may name its own partition only: the node's partition is the one it gave at discovery."""
@@ -167,15 +212,18 @@ class AccountedGrid(Grid):
                 if known is not None and PARTITION_ID in record and record[PARTITION_ID] != known]
 
     # --- discovery -----------------------------------------------------------------------------------------------
-    def discover(self, experiment_json: str, expected: int, timeout: float) -> dict[int, MetricRecord]:
-        """Ask each node, as it connects, for its partition id, size and label histogram (round 0), until
-        ``expected`` have answered. A node that cannot answer (e.g. a federation sized for another client count)
-        stops the run at once, naming the reason.
+    def discover(self, experiment_json: str, expected: int, timeout: float,
+                 facts: Sequence[str] = ()) -> dict[int, MetricRecord]:
+        """Ask each node, as it connects, for its partition id and example counts (round 0), and the ``facts`` the
+        strategy's algorithm uses (e.g. its label histogram), until ``expected`` have answered. A node that cannot
+        answer (e.g. a federation sized for another client count) stops the run at once, naming the reason.
 
         Returns the query metrics by partition id.
         """
         deadline = time.monotonic() + timeout
         config = ConfigRecord({EXPERIMENT: experiment_json, SERVER_ROUND: 0})
+        if facts:
+            config[QUERY_FACTS] = list(facts)
         asked: set[int] = set()
         found: dict[int, MetricRecord] = {}
         while len(found) < expected:

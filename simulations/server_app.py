@@ -18,26 +18,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+import strategies
 from fedgen import checkpoint, foundation
 from fedgen.comm import UP, ByteLedger
 from fedgen.config import ExperimentConfig, load_config
 from fedgen.data import load_federation
 from fedgen.models import build_model
 from fedgen.results import RunRecorder, read_rounds
-from fedgen.train import domain_accuracy, evaluate, resolve_device
+from fedgen.train import resolve_device
 from fedgen.wire import CLIENT_STATE_DIR, EXPERIMENT, LABEL_HISTOGRAM
 from simulations.grid import PROCESS_DIED, AccountedGrid
 from simulations.loop import run_rounds
-from strategies import build_strategy
-from strategies.local import LocalOnly
-from strategies.server_side import ServerSideTraining
 
 log = getLogger("fedgen")
 APP_ROOT = Path(__file__).resolve().parents[1]
-USES_FOUNDATION_MODELS = ("oscar",)
+SHORT = {"accuracy": "acc"}
+"""Console names of score columns."""
 
 
 def _fmt_bytes(n: float) -> str:
@@ -62,40 +61,44 @@ def default_out_dir(cfg: ExperimentConfig) -> Path:
 def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> dict:
     """Run one experiment over ``grid`` to completion (or, with ``resume``, from its last checkpoint).
 
-    After every round: a row in the results, and a checkpoint (global model, strategy state, RNG, byte ledger) from
-    which ``resume`` continues exactly.
+    After every round: the task's scores in the results, and a checkpoint (global arrays, strategy state, RNG, byte
+    ledger) from which ``resume`` continues exactly.
     """
     out_dir = Path(out_dir)
     seed_everything(cfg.seed)
+    method = strategies.method(cfg.strategy.name)
     fed = load_federation(cfg.data, cfg.seed)
     device = resolve_device(cfg.device)
 
     def model_fn() -> torch.nn.Module:
         return build_model(cfg.model.name, fed.num_classes, cfg.model.norm, fed.image_shape[-1])
 
-    model = model_fn()  # first draw after seeding: every method starts from the same initial model
-    arrays = ArrayRecord(model.state_dict())
-    models_used = None
-    if cfg.strategy.name in USES_FOUNDATION_MODELS:  # the embedded profile is pre-trained here on first use
-        models_used = foundation.resolve(cfg.foundation, prepare=True).describe()
     ledger = ByteLedger()
-    grid = AccountedGrid(grid, ledger)
-    strategy = build_strategy(cfg, fed, model_fn, device, out_dir)
-    if hasattr(strategy, "reply_checks"):
-        grid.checks.update(strategy.reply_checks())
+    ctx = strategies.RunContext(cfg, fed, model_fn, device, out_dir, ledger)
+    arrays = ArrayRecord(method.initial(ctx))  # the first draw after seeding
+    model_bytes = arrays.count_bytes()
+    models_used = None
+    if method.foundation:  # the embedded profile is pre-trained here on first use
+        models_used = foundation.resolve(cfg.foundation, prepare=True).describe()
+    grid = AccountedGrid(grid, ledger, min_nodes=cfg.strategy.min_train_clients,
+                         wait_s=cfg.strategy.round_timeout_s)
+    strategy = method.build(ctx)
+    task = method.task(ctx, strategy)
+    if method.reply_checks:
+        grid.checks.update(method.reply_checks(strategy))
     first_round, rows, elapsed = 1, [], 0.0
     if resume:
         ckpt = checkpoint.load(out_dir)
         first_round = ckpt["round"] + 1
         arrays = ArrayRecord(ckpt["arrays"])
-        if hasattr(strategy, "load_state_dict"):
+        if method.checkpoint:
             strategy.load_state_dict(ckpt["strategy"])
         ledger.restore(ckpt["ledger"])
         grid.failures.extend(ckpt["failures"])
         rows = [r for r in read_rounds(out_dir) if r["round"] <= ckpt["round"]]
         elapsed = ckpt["wall_seconds"]
         print(f"[{cfg.strategy.name} seed={cfg.seed}] resuming {out_dir} after round {ckpt['round']}", flush=True)
-    recorder = RunRecorder(out_dir, cfg, ledger, rows=rows, elapsed=elapsed)
+    recorder = RunRecorder(out_dir, cfg, ledger, task.headline, task.columns, rows=rows, elapsed=elapsed)
     if models_used:
         recorder.extras["foundation_models"] = models_used
     experiment_json = cfg.to_json()
@@ -103,21 +106,10 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
 
     def after_round(server_round: int, arrays: ArrayRecord, extras: dict) -> None:
         nonlocal t_round
-        if isinstance(strategy, LocalOnly):
-            metrics = strategy.evaluate_global(server_round, arrays, cfg.train.eval_batch_size)
-        else:
-            model.load_state_dict(arrays.to_torch_state_dict())
-            scores = evaluate(model, fed.test, cfg.train.eval_batch_size, device, len(fed.domain_names))
-            metrics = MetricRecord({
-                "accuracy": scores.accuracy, "loss": scores.loss,
-                **{f"test/acc-{d}": acc for d, acc in
-                   domain_accuracy(fed.domain_names, scores.domain_correct, scores.domain_total).items()},
-            })
-        extra = {**extras, **{k: v for k, v in metrics.items() if k not in ("accuracy", "loss")}}
-        row = recorder.record_round(server_round, metrics["accuracy"], metrics["loss"], **extra)
+        row = recorder.record_round(server_round, task.evaluate(server_round, arrays.to_torch_state_dict()), extras)
+        scores = " | ".join(f"{SHORT.get(c, c)} {row[c]:.4f}" for c in task.columns)
         print(
-            f"[{cfg.strategy.name} seed={cfg.seed}] round {server_round:>3}/{cfg.rounds}"
-            f" | acc {row['accuracy']:.4f} | loss {row['loss']:.4f}"
+            f"[{cfg.strategy.name} seed={cfg.seed}] round {server_round:>3}/{cfg.rounds} | {scores}"
             f" | up {_fmt_bytes(row['bytes_up'])} | down {_fmt_bytes(row['bytes_down'])}"
             f" | {time.perf_counter() - t_round:.1f} s",
             flush=True,
@@ -127,7 +119,7 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
             {
                 "round": server_round,
                 "arrays": arrays.to_torch_state_dict(),
-                "strategy": strategy.state_dict() if hasattr(strategy, "state_dict") else None,
+                "strategy": strategy.state_dict() if method.checkpoint else None,
                 "rng": checkpoint.rng_state(),
                 "ledger": [asdict(e) for e in ledger.entries],
                 "failures": list(grid.failures),
@@ -138,9 +130,10 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
 
     config = ConfigRecord({EXPERIMENT: experiment_json, CLIENT_STATE_DIR: str((out_dir / "client_state").resolve())})
     try:
-        if not isinstance(strategy, ServerSideTraining):  # learn which node holds which partition
-            found = grid.discover(experiment_json, cfg.data.num_clients, cfg.strategy.round_timeout_s)
-            recorder.extras["label_histograms"] = {str(k): list(found[k][LABEL_HISTOGRAM]) for k in sorted(found)}
+        if method.federated:  # learn which node holds which partition, and the facts the algorithm uses
+            found = grid.discover(experiment_json, cfg.data.num_clients, cfg.strategy.round_timeout_s, method.query)
+            if LABEL_HISTOGRAM in method.query:
+                recorder.extras["label_histograms"] = {str(k): list(found[k][LABEL_HISTOGRAM]) for k in sorted(found)}
         if resume:  # the resumed run's query only re-learns node ids: its bytes are not the experiment's
             ledger.restore(ckpt["ledger"])
             checkpoint.set_rng_state(ckpt["rng"])
@@ -156,12 +149,10 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
         recorder.extras["failures"] = grid.failures
         recorder.finish("failed")
         raise
-    if isinstance(strategy, LocalOnly):  # no global model: keep each client's own
-        torch.save(strategy.models, out_dir / "client_models.pt")
-    else:
-        torch.save(arrays.to_torch_state_dict(), out_dir / "model.pt")
+    for stem, obj in task.final_models(arrays.to_torch_state_dict()).items():
+        checkpoint.save_atomic(obj, out_dir / f"{stem}.pt")
     recorder.extras["failures"] = grid.failures
-    recorder.extras.update(upload_figures(ledger, ArrayRecord(model.state_dict()).count_bytes(), fed.num_clients))
+    recorder.extras.update(upload_figures(ledger, model_bytes, fed.num_clients))
     return recorder.finish("finished")
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import Message, MetricRecord
 
-from fedgen.train import client_seed, evaluate
+from fedgen.tasks import ClassifierTask, Headline
+from fedgen.train import client_seed
 from strategies.server_side import ServerSideTraining
 
 
@@ -37,20 +38,25 @@ class LocalOnly(ServerSideTraining):
             losses.append(loss)
         return None, MetricRecord({"train-loss": float(np.mean(losses))})
 
-    def evaluate_global(self, server_round: int, arrays: ArrayRecord, batch_size: int) -> MetricRecord:
-        states = [self.models[k] for k in sorted(self.models)] or [arrays.to_torch_state_dict()]
-        accs, losses = [], []
-        for state in states:
-            model = self.model_fn()
-            model.load_state_dict(state)
-            scores = evaluate(model, self.fed.test, batch_size, self.device, len(self.fed.domain_names))
-            accs.append(scores.accuracy)
-            losses.append(scores.loss)
-        return MetricRecord(
-            {
-                "accuracy": float(np.mean(accs)),
-                "loss": float(np.mean(losses)),
-                "accuracy-min": float(np.min(accs)),
-                "accuracy-max": float(np.max(accs)),
-            }
-        )
+
+class LocalTask:
+    """Local-only's scores: the mean over the clients' own models on the global test split ('accuracy', 'loss'),
+    with the spread ('accuracy-min', 'accuracy-max'). Its final models are the clients' (client_models.pt)."""
+
+    headline = Headline("accuracy", higher_is_better=True)
+    columns = ("accuracy", "loss")
+
+    def __init__(self, ctx, strategy: LocalOnly) -> None:
+        self.strategy = strategy
+        self.classifier = ClassifierTask(ctx.fed, ctx.model_fn, ctx.cfg.train.eval_batch_size, ctx.device)
+
+    def evaluate(self, server_round: int, state: dict) -> dict[str, float]:
+        models = self.strategy.models
+        states = [models[k] for k in sorted(models)] or [state]  # round 0: every client starts from the same model
+        scores = [self.classifier.scores(s) for s in states]
+        accs = [s["accuracy"] for s in scores]
+        return {"accuracy": float(np.mean(accs)), "loss": float(np.mean([s["loss"] for s in scores])),
+                "accuracy-min": float(np.min(accs)), "accuracy-max": float(np.max(accs))}
+
+    def final_models(self, state: dict) -> dict:
+        return {"client_models": self.strategy.models}

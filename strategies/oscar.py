@@ -44,8 +44,8 @@ class Oscar(Strategy):
         Returns the :class:`fedgen.foundation.Generator` (built on first use, on the server only).
     model_fn : callable
         Returns a fresh global classifier.
-    num_classes, class_names, domain_names
-        Of the federation's dataset.
+    num_classes, class_names, domain_names, image_size
+        Of the federation's dataset: generated images are resized to its image size, the clients' test size.
     fraction_train, min_train_nodes, fraction_evaluate : float, int, float
         Client sampling for the encoding upload and the federated evaluation.
     device, seed, out_dir
@@ -54,12 +54,13 @@ class Oscar(Strategy):
 
     def __init__(
         self, cfg: OscarConfig, generator_cfg: GeneratorConfig, generator_fn: Callable, model_fn: Callable,
-        num_classes: int, class_names: list[str], domain_names: list[str], fraction_train: float,
+        num_classes: int, class_names: list[str], domain_names: list[str], image_size: int, fraction_train: float,
         min_train_nodes: int, fraction_evaluate: float, device, seed: int, out_dir: Path,
     ) -> None:
         self.cfg, self.gen_cfg = cfg, generator_cfg
         self.generator_fn, self.model_fn = generator_fn, model_fn
         self.num_classes, self.class_names, self.domain_names = num_classes, class_names, domain_names
+        self.image_size = image_size
         self.fraction_train, self.min_train_nodes = fraction_train, min_train_nodes
         self.fraction_evaluate = fraction_evaluate
         self.device, self.seed, self.out_dir = device, seed, Path(out_dir)
@@ -88,7 +89,7 @@ class Oscar(Strategy):
         return [Message(RecordDict({"config": config}), dst_node_id=n, message_type=ENCODE) for n in nodes]
 
     def reply_checks(self) -> dict[str, Callable[[RecordDict, RecordDict], list[str]]]:
-        """Checks of an encoding upload beyond the shared ones: classes, counts and encoding shapes."""
+        """Checks of an encoding upload beyond the shared ones: classes and encoding shapes."""
         shape = tuple(self.generator.empty_embedding().shape[1:])
 
         def check(sent: RecordDict, reply: RecordDict) -> list[str]:
@@ -96,8 +97,8 @@ class Oscar(Strategy):
                 return [f"missing record '{oscar.RECORD}' or 'metrics'"]
             m = reply["metrics"]
             arrays = {k: a.numpy() for k, a in reply[oscar.RECORD].items()}
-            return oscar.check_upload(arrays, list(m.get("class-ids", [])), list(m.get("counts", [])), shape,
-                                      self.num_classes, self.cfg.encoding_dtype)
+            return oscar.check_upload(arrays, list(m.get("class-ids", [])), shape, self.num_classes,
+                                      self.cfg.encoding_dtype)
 
         return {ENCODE: check}
 
@@ -114,7 +115,8 @@ class Oscar(Strategy):
         t0 = time.perf_counter()
         g = self.gen_cfg
         images = self.generator.generate(
-            encodings, self.cfg.images_per_encoding, g.steps, g.guidance_scale, g.size, g.batch_size, self.seed
+            encodings, self.cfg.images_per_encoding, g.steps, g.guidance_scale, g.size, g.batch_size, self.seed,
+            out_size=self.image_size,
         )
         gen_seconds = time.perf_counter() - t0
         labels = np.repeat(classes, self.cfg.images_per_encoding)
@@ -146,3 +148,20 @@ class Oscar(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return aggregate_evaluations([r.content for r in replies], domain_names=self.domain_names)
+
+
+def build(ctx) -> Oscar:
+    from fedgen import foundation
+
+    cfg, device = ctx.cfg, ctx.device
+    paths = foundation.resolve(cfg.foundation)
+
+    def generator_fn():
+        return foundation.Generator(paths.generator, cfg.foundation.generator.scheduler, device,
+                                    foundation.torch_dtype(cfg.foundation.dtype, device))
+
+    s, fed = cfg.strategy, ctx.fed
+    return Oscar(s, cfg.foundation.generator, generator_fn, ctx.model_fn, fed.num_classes, fed.class_names,
+                 fed.domain_names, fed.image_shape[-1], fraction_train=s.fraction_train,
+                 min_train_nodes=s.min_train_clients, fraction_evaluate=s.fraction_evaluate, device=device,
+                 seed=cfg.seed, out_dir=ctx.out_dir)

@@ -28,6 +28,10 @@ class ServerSideTraining(Strategy):
         self.seed = seed
         self._arrays: ArrayRecord | None = None
 
+    @classmethod
+    def build(cls, ctx) -> ServerSideTraining:
+        return cls(ctx.fed, ctx.model_fn, ctx.cfg.train, ctx.device, ctx.cfg.seed)
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         self._arrays = arrays
         return []

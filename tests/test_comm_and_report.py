@@ -37,10 +37,10 @@ def test_ledger_totals_by_round_client_and_direction():
 
 def test_aggregate_over_seeds():
     agg = aggregate([
-        {"final_accuracy": 0.5, "best_accuracy": 0.6, "bytes_up": 10, "bytes_down": 20, "wall_seconds": 1},
-        {"final_accuracy": 0.7, "best_accuracy": 0.8, "bytes_up": 10, "bytes_down": 20, "wall_seconds": 3},
-    ])
-    assert agg["final_accuracy"] == pytest.approx((0.6, 0.1))
+        {"final": 0.5, "best": 0.6, "bytes_up": 10, "bytes_down": 20, "wall_seconds": 1},
+        {"final": 0.7, "best": 0.8, "bytes_up": 10, "bytes_down": 20, "wall_seconds": 3},
+    ], ["final", "bytes_up"])
+    assert agg["final"] == pytest.approx((0.6, 0.1)) and set(agg) == {"final", "bytes_up"}
     assert agg["bytes_up"] == (10.0, 0.0)
 
 
@@ -51,14 +51,17 @@ def test_report_from_run_folders(tmp_path):
         for seed in (0, 1):
             d = tmp_path / label / f"seed{seed}"
             d.mkdir(parents=True)
-            summary = {"status": "finished", "final_accuracy": acc + seed / 100, "best_accuracy": acc + 0.05,
-                       "bytes_up": 1e6, "bytes_down": 2e6, "wall_seconds": 10.0}
+            summary = {"status": "finished", "metric": {"name": "accuracy", "higher_is_better": True},
+                       "final": acc + seed / 100, "best": acc + 0.05, "bytes_up": 1e6, "bytes_down": 2e6,
+                       "wall_seconds": 10.0, "bytes_by_tier": {"client-server": {"up": 1e6, "down": 2e6}}}
             (d / "summary.json").write_text(json.dumps(summary))
             rows = [{"round": r, "accuracy": acc * r / 2} for r in range(3)]
             (d / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
             runs[label][seed] = d
     md = write_report(tmp_path, "demo", runs, "test machine")
     assert "| B | 0.9050 ± 0.0050 |" in md and "mean ± std over 2 seeds" in md
+    assert md.index("| B |") < md.index("| A |")  # sorted by final accuracy, best first
+    assert "| method | final accuracy | best accuracy | MB up | MB down | wall time (s) |" in md  # no other tier
     for name in ("report.md", "report.csv", "accuracy.png", "bytes_vs_accuracy.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert len((tmp_path / "report.csv").read_text().splitlines()) == 5

@@ -99,3 +99,34 @@ def test_oscar_is_one_shot_and_the_embedded_profile_needs_its_benchmark():
     with pytest.raises(ConfigError, match="embedded is trained on digits-domains"):
         validate({"strategy": {"name": "oscar"}, "rounds": 1, "foundation": {"generator": {"size": 32}},
                   "data": {"dataset": "cifar10"}})
+
+
+def test_a_key_of_another_strategy_is_refused_naming_it():
+    with pytest.raises(ConfigError, match=r"strategy.feddyn_alpha: unknown key for this strategy \(it belongs to "
+                                          r"feddyn\)"):
+        validate({"strategy": {"name": "fedavg", "feddyn_alpha": 0.1}})
+    assert validate({"strategy": {"name": "feddyn", "feddyn_alpha": 0.1}}).strategy.feddyn_alpha == 0.1
+    with pytest.raises(ConfigError, match="strategy.name: unknown strategy 'fedsgd'; choose from centralized, fedavg"):
+        validate({"strategy": {"name": "fedsgd"}})
+    with pytest.raises(ConfigError, match="oscar: unknown key .strategy 'oscar' is configured in the strategy "
+                                          "section"):
+        validate({"strategy": {"name": "oscar"}, "rounds": 1, "oscar": {"epochs": 3}})
+
+
+def test_every_registered_method_has_a_config_section_and_every_section_a_method():
+    from fedgen.config import SECTIONS
+    from strategies import METHODS
+
+    assert set(METHODS) == set(SECTIONS)
+    assert all(METHODS[n].section is SECTIONS[n] for n in METHODS)
+
+
+def test_validating_an_oscar_config_imports_no_diffusion_library():
+    import subprocess
+    import sys
+
+    code = ("import sys; from fedgen.config import load_config; "
+            f"load_config('{CONFIGS}/oscar_digits.yaml'); load_config('{CONFIGS}/oscar_real.yaml'); "
+            "print(sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -21,7 +21,7 @@ import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import finetune
+from clients import common, finetune
 from clients.common import server_round
 from simulations import deploy, procs
 from simulations.loop import RoundFailed
@@ -44,7 +44,7 @@ def marking_app(marks: Path, die: bool = False, pause: float = 1.5) -> ClientApp
         return finetune.train(msg, context)
 
     app.evaluate()(finetune.evaluate)
-    app.query()(finetune.query)
+    app.query()(common.query)
     return app
 
 

@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 from inprocess import InProcessGrid
 
-from clients import finetune
+from clients import common, finetune
 from simulations.loop import RoundFailed
 from simulations.server_app import run_experiment
 
@@ -49,7 +49,7 @@ def faulty_app(faults: dict[int, str], delay: float = 14.0) -> ClientApp:
         return reply
 
     app.evaluate()(finetune.evaluate)
-    app.query()(finetune.query)
+    app.query()(common.query)
     return app
 
 

@@ -118,20 +118,21 @@ def test_class_means_wire_format_and_checks():
     assert set(means) == {1, 3} and means[1][1] == 2
     assert torch.equal(means[1][0], (enc[0] + enc[2]) / 2)
     arrays, meta = oscar.to_record(means, "float16")
-    assert meta == {"class-ids": [1, 3], "counts": [2, 2]}
+    assert meta == {"class-ids": [1, 3]}  # the counts stay on the client: the server does not use them
     assert arrays["encodings"].shape == (2, 2, 3) and arrays["encodings"].dtype == torch.float16
     arrays = {k: v.numpy() for k, v in arrays.items()}
-    assert oscar.check_upload(arrays, meta["class-ids"], meta["counts"], (2, 3), 10, "float16") == []
-    bad = oscar.check_upload({"encodings": np.zeros((2, 5, 3))}, [1, 12], [0, 2], (2, 3), 10, "float16")
-    assert any("outside 0..9" in p for p in bad) and any("not positive" in p for p in bad)
+    assert oscar.check_upload(arrays, meta["class-ids"], (2, 3), 10, "float16") == []
+    bad = oscar.check_upload({"encodings": np.zeros((2, 5, 3))}, [1, 12], (2, 3), 10, "float16")
+    assert any("outside 0..9" in p for p in bad)
     assert any("shape [2, 5, 3], expected [2, 2, 3]" in p for p in bad)
     assert any("is float64, expected float16" in p for p in bad)
-    assert any("expected one array" in p for p in oscar.check_upload({"x": arrays["encodings"]}, [1, 3], [2, 2],
+    assert oscar.check_upload(arrays, [1, 1], (2, 3), 10, "float16") == ["repeated class ids"]
+    assert any("expected one array" in p for p in oscar.check_upload({"x": arrays["encodings"]}, [1, 3],
                                                                      (2, 3), 10, "float16"))
-    fractional = oscar.check_upload(arrays, [1.5, 3], [2, 2.5], (2, 3), 10, "float16")
-    assert fractional == ["class id 1.5 is not a whole number", "count 2.5 is not a whole number"]
+    fractional = oscar.check_upload(arrays, [1.5, 3], (2, 3), 10, "float16")
+    assert fractional == ["class id 1.5 is not a whole number"]
     as_ints = {"encodings": arrays["encodings"].astype(np.int8)}
-    wrong_dtype = oscar.check_upload(as_ints, [1, 3], [2, 2], (2, 3), 10, "float16")
+    wrong_dtype = oscar.check_upload(as_ints, [1, 3], (2, 3), 10, "float16")
     assert wrong_dtype == ["'encodings' is int8, expected float16"]
     stacked, classes, clients = oscar.stack([(7, arrays, [1, 3]), (9, {"encodings": arrays["encodings"][:1]}, [0])])
     assert stacked.shape == (3, 2, 3) and classes.tolist() == [1, 3, 0] and clients.tolist() == [7, 7, 9]

@@ -8,6 +8,7 @@ from inprocess import InProcessGrid
 
 from clients.app import app
 from fedgen.comm import record_bytes
+from fedgen.data import load_federation
 from fedgen.wire import ENCODE
 from simulations.server_app import run_experiment
 
@@ -17,11 +18,10 @@ def oscar_cfg(tiny_cfg, tiny_models):
     def make(**extra):
         return tiny_cfg(
             rounds=1,
-            strategy={"name": "oscar", "fraction_evaluate": 1.0},
+            strategy={"name": "oscar", "fraction_evaluate": 1.0, "images_per_encoding": 5, "epochs": 2, "lr": 0.01},
             foundation={"profile": "pretrained",
                         "captioner": {"kind": "blip", "path": str(tiny_models / "blip"), "max_new_tokens": 6},
                         "generator": {"path": str(tiny_models / "sd"), "steps": 2, "size": 32, "batch_size": 50}},
-            oscar={"images_per_encoding": 5, "epochs": 2, "lr": 0.01},
             **extra,
         )
 
@@ -46,16 +46,17 @@ def test_oscar_round_uploads_only_category_encodings(oscar_cfg, tiny_models, tmp
         assert tuple(enc.shape) == (10, 16, 32)  # (classes, sequence, hidden) of the text encoder: no image/weights
         assert enc.dtype == "float16"
         metrics = content["metrics"]
-        assert set(metrics.keys()) == {"class-ids", "counts", "num-examples", "caption-seconds", "encode-seconds"}
+        assert set(metrics.keys()) == {"class-ids", "caption-seconds", "encode-seconds"}  # no counts: unused
         assert all(isinstance(v, int | float) or all(isinstance(x, int | float) for x in v)
                    for v in metrics.values())  # numbers only: no caption, no string of any kind
-        assert sum(metrics["counts"]) == metrics["num-examples"] and list(metrics["class-ids"]) == list(range(10))
+        assert list(metrics["class-ids"]) == list(range(10))
         # the array header and the numbers above: ~400 B; captions would add ~50 B for each of ~2,000 images
         assert record_bytes(content) < enc.numpy().nbytes + 1_000
 
     rows = [json.loads(r) for r in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
-    assert rows[1]["train/generated-images"] == 5 * sum(len(h) - h.count(0) for h in
-                                                         summary["label_histograms"].values())
+    fed = load_federation(cfg.data, cfg.seed)
+    assert "label_histograms" not in summary  # OSCAR's server never asks for them
+    assert rows[1]["train/generated-images"] == 5 * sum(len(np.unique(fed.client(k)[0].labels)) for k in range(3))
     assert "fedeval/acc-client-0" in rows[1] and "fedeval/acc-domain-plain" in rows[1]
     assert summary["foundation_models"] == {"profile": "pretrained", "captioner": f"blip:{tiny_models / 'blip'}",
                                             "generator": str(tiny_models / "sd")}
@@ -81,3 +82,17 @@ def test_bad_encoding_uploads_are_rejected(oscar_cfg, tmp_path, monkeypatch):
     (failure,) = summary["failures"]
     assert failure["client"] == 1 and "expected [10, 16, 32]" in failure["reason"]
     assert summary["status"] == "finished"
+
+
+def test_generated_images_are_resized_to_the_dataset_size_as_they_come(tiny_models):
+    """oscar_real generates at 512 and its clients test at 224: each batch is resized as it is generated."""
+    import torch
+
+    from fedgen.foundation import Generator
+
+    gen = Generator(str(tiny_models / "sd"), "ddim", torch.device("cpu"), torch.float32)
+    embeds = torch.randn(2, 16, gen.pipe.text_encoder.config.hidden_size)
+    images = gen.generate(embeds, 3, 2, 3.0, 32, 4, seed=0, progress=False, out_size=16)
+    assert images.shape == (6, 16, 16, 3) and images.dtype == np.uint8
+    same = gen.generate(embeds, 3, 2, 3.0, 32, 4, seed=0, progress=False)
+    assert same.shape == (6, 32, 32, 3)

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from inprocess import InProcessGrid
 
@@ -36,10 +37,17 @@ def test_strategy_learns_and_writes_the_contract(name, tiny_cfg, tmp_path):
     with open(out / "rounds.csv") as f:
         assert next(csv.reader(f)) == ["round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds"]
     for key in ("strategy", "dataset", "partition", "num_clients", "rounds", "seed", "final_accuracy",
-                "best_accuracy", "bytes_up", "bytes_down", "wall_seconds"):
+                "best_accuracy", "bytes_up", "bytes_down", "wall_seconds", "final", "best", "bytes_by_tier"):
         assert key in summary
+    assert summary["metric"] == {"name": "accuracy", "higher_is_better": True}
+    assert summary["final"] == summary["final_accuracy"] == rows[-1]["accuracy"]
+    assert summary["bytes_by_tier"] == {"client-server": {"up": summary["bytes_up"], "down": summary["bytes_down"]}}
+    classes = {k for k in rows[-1] if k.startswith("test/acc-class-")}
+    assert len(classes) == 10 and "test/acc-tail" not in rows[-1]
     if name in ("local", "centralized"):
         assert summary["bytes_up"] == summary["bytes_down"] == 0
+    if name == "local":
+        assert sorted(torch.load(out / "client_models.pt")) == [0, 1, 2]
     else:
         assert (out / "model.pt").exists()
 
@@ -83,7 +91,7 @@ def test_client_sampling_follows_the_seed_alone(tiny_cfg):
     from fedgen.comm import ByteLedger
     from simulations.grid import AccountedGrid
     from simulations.server_app import seed_everything
-    from strategies import build_strategy
+    from strategies import RunContext, build_strategy
 
     cfg = tiny_cfg(data={"num_clients": 6}, strategy={"fraction_train": 0.3, "min_train_clients": 2})
     fed = load_federation(cfg.data, cfg.seed)
@@ -92,7 +100,8 @@ def test_client_sampling_follows_the_seed_alone(tiny_cfg):
     grid.discover(cfg.to_json(), 6, 60)
 
     def draws(seed):
-        strategy = build_strategy(cfg, fed, lambda: build_model("cnn", fed.num_classes), "cpu", None)
+        ctx = RunContext(cfg, fed, lambda: build_model("cnn", fed.num_classes), "cpu", None, ByteLedger())
+        strategy = build_strategy(ctx)
         seed_everything(seed)
         return [sorted(grid.partition_of[m.metadata.dst_node_id]
                        for m in strategy.configure_train(r, arrays, Config(), grid)) for r in (1, 2, 3)]
@@ -118,18 +127,23 @@ def test_feddyn_keeps_client_state_and_fedprox_sends_mu(tiny_cfg, tmp_path):
     assert sent and all(m.content["config"]["proximal-mu"] == 0.3 for m in sent)
 
 
-def test_query_answers_partition_and_label_histogram(tiny_cfg):
+def test_query_answers_partition_and_counts_and_only_the_facts_asked(tiny_cfg):
     cfg = tiny_cfg()
     grid = InProcessGrid(app, 3)
     node = list(grid.get_node_ids())[2]
-    msg = Message(RecordDict({"config": ConfigRecord({"experiment": cfg.to_json()})}), dst_node_id=node,
-                  message_type=MessageType.QUERY)
-    (reply,) = grid.send_and_receive([msg])
-    metrics = reply.content["metrics"]
-    train, _ = load_federation(cfg.data, cfg.seed).client(2)
-    assert metrics["partition-id"] == 2 and metrics["num-examples"] == len(train)
+    train, test = load_federation(cfg.data, cfg.seed).client(2)
+
+    def ask(**extra):
+        config = ConfigRecord({"experiment": cfg.to_json(), **extra})
+        (reply,) = grid.send_and_receive([Message(RecordDict({"config": config}), dst_node_id=node,
+                                                  message_type=MessageType.QUERY)])
+        assert set(reply.content.keys()) == {"metrics"}  # no data leaves
+        return reply.content["metrics"]
+
+    metrics = ask()
+    assert dict(metrics) == {"partition-id": 2, "num-examples": len(train), "num-test-examples": len(test)}
+    metrics = ask(facts=["label-histogram"])
     assert list(metrics["label-histogram"]) == list(np.bincount(train.labels, minlength=10))
-    assert set(reply.content.keys()) == {"metrics"}  # no data leaves
 
 
 def test_federated_evaluation_on_local_test_splits(tiny_cfg, tmp_path):
@@ -220,3 +234,17 @@ def test_feddyn_alpha_by_data_share_as_the_official_code(tiny_cfg, tmp_path, mon
     _run(cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"feddyn_alpha_by_data_share": False})}),
          tmp_path, "plain")
     assert used == [0.1, 0.1, 0.1]
+
+
+def test_a_long_tailed_run_is_also_scored_on_its_tail_classes(tiny_cfg, tmp_path):
+    from fedgen.tasks import tail_classes
+
+    cfg = tiny_cfg(rounds=1, data={"partition": {"kind": "longtail", "imbalance_factor": 10}})
+    summary, rows, _ = _run(cfg, tmp_path)
+    fed = load_federation(cfg.data, cfg.seed)
+    tail = tail_classes(fed.pooled_train().label_histogram(10))
+    assert len(tail) == 3
+    test = fed.test
+    per_class = [rows[1][f"test/acc-class-{fed.class_names[c]}"] for c in tail]
+    counts = [int((test.labels == c).sum()) for c in tail]
+    assert rows[1]["test/acc-tail"] == pytest.approx(np.average(per_class, weights=counts))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,27 @@ class ImageSet:
             np.concatenate([p.domains for p in parts]),
         )
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images as float ``(N, 3, H, W)`` in [-1, 1], labels as int64."""
-        x = torch.from_numpy(self.images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        return x, torch.from_numpy(self.labels.astype(np.int64))
+    def tensors(self, idx: np.ndarray | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (all, or those at ``idx``) as float ``(N, 3, H, W)`` in [-1, 1], labels as int64."""
+        images, labels = (self.images, self.labels) if idx is None else (self.images[idx], self.labels[idx])
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        return x, torch.from_numpy(labels.astype(np.int64))
 
-    def torch_dataset(self) -> TensorDataset:
-        return TensorDataset(*self.tensors())
+    def batches(self) -> Dataset:
+        """A dataset indexed by lists of indices: each batch is made float when it is drawn, so a large set stays
+        uint8 in memory (a DataLoader with a BatchSampler and ``batch_size=None`` draws from it)."""
+        return _Batches(self)
 
     def label_histogram(self, num_classes: int) -> np.ndarray:
         return np.bincount(self.labels, minlength=num_classes)
+
+
+class _Batches(Dataset):
+    def __init__(self, data: ImageSet) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.tensors(np.asarray(idx, dtype=np.int64))

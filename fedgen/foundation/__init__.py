@@ -154,9 +154,12 @@ class Generator:
         batch_size: int,
         seed: int,
         progress: bool = True,
+        out_size: int | None = None,
     ) -> np.ndarray:
         """``per_embedding`` images for each of the (K, seq, hidden) embeddings: uint8 (K * per_embedding, H, W, 3),
-        ordered embedding by embedding. Classifier-free guidance runs against the empty prompt."""
+        ordered embedding by embedding. Classifier-free guidance runs against the empty prompt. With ``out_size``,
+        each batch is resized (bilinear, antialiased) to out_size x out_size as it is generated, so a large
+        synthetic set is never held at the generator's resolution."""
         jobs = prompt_embeds.repeat_interleave(per_embedding, dim=0)
         negative = self.empty_embedding()
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -172,6 +175,10 @@ class Generator:
                 num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size,
                 latents=latents, output_type="np",
             ).images
+            if out_size and out_size != size:
+                t = torch.from_numpy(np.ascontiguousarray(out)).float().permute(0, 3, 1, 2)
+                t = torch.nn.functional.interpolate(t, size=(out_size, out_size), mode="bilinear", antialias=True)
+                out = t.permute(0, 2, 3, 1).numpy()
             images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
         return np.concatenate(images)
 

@@ -1,0 +1,94 @@
+"""What a run trains and how it is scored after each round: a task owns the run's models and their evaluation.
+
+A task gives the headline metric (its name and direction), the columns it adds to ``rounds.csv``, the scores of the
+global model(s) after a round, and the files the final models are saved to. The classifier task is the default;
+a method that trains something else (per-group classifiers, a diffusion model scored by FID) brings its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedgen.data import Federation
+from fedgen.train import domain_accuracy, predict
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The metric a method is judged by: ``final`` and ``best`` in summary.json, the report's sort order."""
+
+    name: str
+    higher_is_better: bool = True
+
+    def best(self, values: list[float]) -> float | None:
+        return (max if self.higher_is_better else min)(values) if values else None
+
+
+class Task(Protocol):
+    headline: Headline
+    columns: tuple[str, ...]
+    """The task's columns of rounds.csv, between 'round' and the byte counts (the headline among them)."""
+
+    def evaluate(self, server_round: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Scores of the global model(s) after ``server_round``: every column, and any further figures."""
+
+    def final_models(self, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """File stem -> what the run folder keeps of the trained model(s) (``torch.save``d as <stem>.pt)."""
+
+
+def tail_classes(class_counts: np.ndarray, share: float = 1 / 3) -> list[int]:
+    """The tail of a long-tailed training set: the ``share`` of classes with the fewest examples (at least one)."""
+    k = max(1, int(round(len(class_counts) * share)))
+    return sorted(int(c) for c in np.argsort(class_counts, kind="stable")[:k])
+
+
+def class_scores(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Correct and total counts per class."""
+    right = (preds == labels).astype(np.int64)
+    return np.bincount(labels, weights=right, minlength=num_classes).astype(np.int64), np.bincount(
+        labels, minlength=num_classes)
+
+
+class ClassifierTask:
+    """One global classifier, scored on the global test split: accuracy and loss; accuracy per domain
+    ('test/acc-<domain>'), per class ('test/acc-class-<name>') and, for a long-tailed partition, on the tail
+    classes ('test/acc-tail')."""
+
+    headline = Headline("accuracy", higher_is_better=True)
+    columns = ("accuracy", "loss")
+
+    def __init__(self, fed: Federation, model_fn: Callable[[], nn.Module], batch_size: int, device: torch.device,
+                 long_tailed: bool = False) -> None:
+        self.fed, self.model_fn, self.batch_size, self.device = fed, model_fn, batch_size, device
+        counts = fed.pooled_train().label_histogram(fed.num_classes)
+        self.tail = tail_classes(counts) if long_tailed else []
+
+    def scores(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        model = self.model_fn()
+        model.load_state_dict(state)
+        test = self.fed.test
+        losses, preds = predict(model, test, self.batch_size, self.device)
+        right = preds == test.labels
+        n_domains = len(self.fed.domain_names)
+        domain_correct = np.bincount(test.domains, weights=right, minlength=n_domains)
+        out = {"accuracy": float(right.mean()), "loss": float(losses.mean())}
+        out.update({f"test/acc-{d}": a for d, a in domain_accuracy(
+            self.fed.domain_names, domain_correct, np.bincount(test.domains, minlength=n_domains)).items()})
+        correct, total = class_scores(test.labels, preds, self.fed.num_classes)
+        out.update({f"test/acc-class-{self.fed.class_names[c]}": float(correct[c] / total[c])
+                    for c in range(self.fed.num_classes) if total[c] > 0})
+        if self.tail:
+            out["test/acc-tail"] = float(correct[self.tail].sum() / max(1, total[self.tail].sum()))
+        return out
+
+    def evaluate(self, server_round: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        return self.scores(state)
+
+    def final_models(self, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {"model": state}
