@@ -288,7 +288,7 @@ def _format(err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-            if e["loc"][0] == "strategy" and isinstance(e["input"], (int, float, str, bool, type(None))):
+            if e["loc"][0] == "strategy":
                 owners = [n for n, sec in SECTIONS.items() if e["loc"][-1] in sec.model_fields]
                 if owners:
                     msg += f" for this strategy (it belongs to {', '.join(owners)})"

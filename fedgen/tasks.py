@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fedgen.data import Federation
-from fedgen.train import domain_accuracy, predict
+from fedgen.train import domain_accuracy, evaluate
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,6 @@ def tail_classes(class_counts: np.ndarray, share: float = 1 / 3) -> list[int]:
     return sorted(int(c) for c in np.argsort(class_counts, kind="stable")[:k])
 
 
-def class_scores(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Correct and total counts per class."""
-    right = (preds == labels).astype(np.int64)
-    return np.bincount(labels, weights=right, minlength=num_classes).astype(np.int64), np.bincount(
-        labels, minlength=num_classes)
-
-
 class ClassifierTask:
     """One global classifier, scored on the global test split: accuracy and loss; accuracy per domain
     ('test/acc-<domain>'), per class ('test/acc-class-<name>') and, for a long-tailed partition, on the tail
@@ -66,23 +59,19 @@ class ClassifierTask:
     def __init__(self, fed: Federation, model_fn: Callable[[], nn.Module], batch_size: int, device: torch.device,
                  long_tailed: bool = False) -> None:
         self.fed, self.model_fn, self.batch_size, self.device = fed, model_fn, batch_size, device
-        counts = fed.pooled_train().label_histogram(fed.num_classes)
-        self.tail = tail_classes(counts) if long_tailed else []
+        self.tail = tail_classes(fed.pooled_train().label_histogram(fed.num_classes)) if long_tailed else []
 
     def scores(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         model = self.model_fn()
         model.load_state_dict(state)
-        test = self.fed.test
-        losses, preds = predict(model, test, self.batch_size, self.device)
-        right = preds == test.labels
-        n_domains = len(self.fed.domain_names)
-        domain_correct = np.bincount(test.domains, weights=right, minlength=n_domains)
-        out = {"accuracy": float(right.mean()), "loss": float(losses.mean())}
+        fed = self.fed
+        scores = evaluate(model, fed.test, self.batch_size, self.device, len(fed.domain_names), fed.num_classes)
+        out = {"accuracy": scores.accuracy, "loss": scores.loss}
         out.update({f"test/acc-{d}": a for d, a in domain_accuracy(
-            self.fed.domain_names, domain_correct, np.bincount(test.domains, minlength=n_domains)).items()})
-        correct, total = class_scores(test.labels, preds, self.fed.num_classes)
-        out.update({f"test/acc-class-{self.fed.class_names[c]}": float(correct[c] / total[c])
-                    for c in range(self.fed.num_classes) if total[c] > 0})
+            fed.domain_names, scores.domain_correct, scores.domain_total).items()})
+        correct, total = scores.class_correct, scores.class_total
+        out.update({f"test/acc-class-{fed.class_names[c]}": float(correct[c] / total[c])
+                    for c in range(fed.num_classes) if total[c] > 0})
         if self.tail:
             out["test/acc-tail"] = float(correct[self.tail].sum() / max(1, total[self.tail].sum()))
         return out

@@ -127,19 +127,27 @@ def predict(model: nn.Module, data: ImageSet, batch_size: int, device: torch.dev
 
 @dataclass(frozen=True)
 class Scores:
-    """A model's mean cross-entropy loss and accuracy on a dataset, and its correct / total counts per domain id."""
+    """A model's mean cross-entropy loss and accuracy on a dataset, and its correct / total counts per domain id and
+    per class."""
 
     loss: float
     accuracy: float
     domain_correct: np.ndarray
     domain_total: np.ndarray
+    class_correct: np.ndarray
+    class_total: np.ndarray
 
 
-def evaluate(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device, num_domains: int) -> Scores:
+def _counts(ids: np.ndarray, right: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.bincount(ids, weights=right, minlength=n).astype(np.int64), np.bincount(ids, minlength=n)
+
+
+def evaluate(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device, num_domains: int,
+             num_classes: int = 0) -> Scores:
     losses, preds = predict(model, data, batch_size, device)
     right = preds == data.labels
-    correct = np.bincount(data.domains, weights=right, minlength=num_domains).astype(np.int64)
-    return Scores(float(losses.mean()), float(right.mean()), correct, np.bincount(data.domains, minlength=num_domains))
+    return Scores(float(losses.mean()), float(right.mean()), *_counts(data.domains, right, num_domains),
+                  *_counts(data.labels, right, num_classes))
 
 
 def domain_accuracy(domain_names: list[str], correct, total) -> dict[str, float]:
