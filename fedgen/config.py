@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin
+from typing import Annotated, Any, ClassVar, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, create_model, model_validator
@@ -97,6 +97,9 @@ class StrategyConfig(_Section):
     """What every strategy shares. Each method's section subclasses it, names itself in ``name`` (a one-value
     Literal) and adds its own keys; ``strategy.name`` picks the section, so a key of another method is refused."""
 
+    tasks: ClassVar[tuple[str, ...]] = ("classify",)
+    """The tasks (top-level ``task``) the method can run."""
+
     name: str = "fedavg"
     fraction_train: Annotated[float, Field(gt=0, le=1)] = 1.0
     """Each round samples max(int(fraction_train * connected clients), min_train_clients) clients: Flower's rule."""
@@ -120,16 +123,23 @@ class StrategyConfig(_Section):
 
     def check(self, cfg: ExperimentConfig) -> None:
         """Consistency with the rest of the experiment; raise ValueError naming the key."""
+        if cfg.task not in self.tasks:
+            raise ValueError(f"strategy '{self.name}' does not run task={cfg.task} (it runs: {', '.join(self.tasks)})")
+        if cfg.task == "diffusion" and self.fraction_evaluate > 0:
+            raise ValueError("task=diffusion is scored on the server (FID, IS, class fidelity): set "
+                             "strategy.fraction_evaluate=0")
         if self.min_train_clients > cfg.data.num_clients:  # Flower would wait for that many nodes forever
             raise ValueError(f"strategy.min_train_clients={self.min_train_clients} exceeds "
                              f"data.num_clients={cfg.data.num_clients}")
 
 
 class FedAvgConfig(StrategyConfig):
+    tasks = ("classify", "diffusion")
     name: Literal["fedavg"] = "fedavg"
 
 
 class FedProxConfig(StrategyConfig):
+    tasks = ("classify", "diffusion")
     name: Literal["fedprox"] = "fedprox"
     proximal_mu: Annotated[float, Field(ge=0)] = 0.01
     """FedProx proximal weight."""
@@ -148,8 +158,11 @@ class FedDynConfig(StrategyConfig):
 class ServerSideConfig(StrategyConfig):
     """The reference runs train on the server from the partitions: no client is sampled, the shared keys are unused."""
 
+    tasks = ("classify", "diffusion")
+
     def check(self, cfg: ExperimentConfig) -> None:
-        pass
+        if cfg.task not in self.tasks:
+            raise ValueError(f"strategy '{self.name}' does not run task={cfg.task}")
 
 
 class LocalConfig(ServerSideConfig):
@@ -158,6 +171,53 @@ class LocalConfig(ServerSideConfig):
 
 class CentralizedConfig(ServerSideConfig):
     name: Literal["centralized"] = "centralized"
+
+
+class DiffusionConfig(_Section):
+    """The class-conditional image DDPM (task=diffusion) and its local training; the defaults are FedPhD's."""
+
+    unet: Literal["tiny", "digits", "paper"] = "digits"
+    """U-Net size (fedgen.diffusion.UNETS): 'tiny' for tests, 'digits' for the embedded benchmark (16x16 on CPU),
+    'paper' FedPhD's 35.7M U-Net (channels 128/256/256/256, attention at 16x16) for GPU users."""
+    image_size: PositiveInt | None = None
+    """Side of the generated images; the dataset's images are resized to it. None: the dataset's own size."""
+    num_train_timesteps: PositiveInt = 1000
+    beta_schedule: Literal["linear", "cosine"] = "linear"
+    """'linear' from beta_start to beta_end (DDPM); 'cosine' is diffusers' squaredcos_cap_v2 (improved DDPM)."""
+    beta_start: PositiveFloat = 1e-4
+    beta_end: PositiveFloat = 0.02
+    prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    lr: PositiveFloat = 2e-4
+    """Adam."""
+    warmup_steps: Annotated[int, Field(ge=0)] = 100
+    """Linear learning-rate warm-up, counted in local steps from round 1 as if the client trained every round (so it
+    ends at the same round for every client, however often it is sampled)."""
+    grad_clip: PositiveFloat = 1.0
+    batch_size: PositiveInt = 128
+    local_epochs: PositiveInt = 1
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Send the exponential moving average of the weights over the local steps (diffusers' EMAModel, with its
+    warm-up) instead of the last weights. None: off."""
+    autocast: Literal["none", "bf16", "fp16"] = "none"
+    """Mixed precision for training and sampling (fp16 with a gradient scaler, on CUDA)."""
+
+
+class EvaluationConfig(_Section):
+    """How a generative run is scored (task=diffusion), on the server after a round."""
+
+    every: PositiveInt = 1
+    """Score every this many rounds; round 0 (the untrained model) and the last round always."""
+    samples_per_class: PositiveInt = 50
+    sampling_steps: PositiveInt = 100
+    """DDIM steps (FedPhD: 100)."""
+    batch_size: PositiveInt = 250
+    inception: str | None = None
+    """A local file of the FID Inception-v3 weights (torch-fidelity's pt_inception-2015-12-05-6726825d.pth): FID and
+    IS then use Inception ('fid[inception]'). None: the project's own extractor, a CNN trained on the server-held
+    public split ('fid[own-<dataset>-cnn]'). The two scales are not comparable."""
+    reference_epochs: PositiveInt = 15
+    """Training of the own extractor (it also judges class fidelity), cached in cache_dir."""
+    cache_dir: str = "~/.cache/fedgen/reference"
 
 
 class CaptionerConfig(_Section):
@@ -255,12 +315,17 @@ class ExperimentConfig(_Section):
     name: str = "experiment"
     seed: int = 0
     rounds: PositiveInt = 10
+    task: Literal["classify", "diffusion"] = "classify"
+    """What the clients train: a classifier (model, train) or a class-conditional image DDPM (diffusion,
+    evaluation)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     strategy: SerializeAsAny[StrategyConfig] = FedAvgConfig()
     """Validated against the section of ``strategy.name`` (see :func:`validate`)."""
+    diffusion: DiffusionConfig = DiffusionConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     foundation: FoundationConfig = FoundationConfig()
     ray: RayConfig = RayConfig()
 

@@ -49,19 +49,21 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
     metric = json.loads(metrics.pop())
     name, higher = metric["name"], metric["higher_is_better"]
     tiers = sorted({k for by_seed in summaries.values() for s in by_seed.values() for k in _tier_bytes(s)})
-    columns = ["final", "best", "bytes_up", "bytes_down", "wall_seconds"]
+    shown = list(next(iter(next(iter(summaries.values())).values())).get("report_columns", []))
+    columns = ["final", "best", *shown, "bytes_up", "bytes_down", "wall_seconds"]
     rows, curves, points = [], {}, {}
     with open(out_dir / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "seed", "status", "metric", *columns, *tiers])
         for label, by_seed in summaries.items():
             for seed, s in by_seed.items():
-                w.writerow([label, seed, s["status"], name, *[s[c] for c in columns],
+                w.writerow([label, seed, s["status"], name, *[{**s, **s.get("final_scores", {})}[c] for c in columns],
                             *[_tier_bytes(s).get(t, 0) for t in tiers]])
-            flat = [{**s, **_tier_bytes(s)} for s in by_seed.values()]
+            flat = [{**s, **s.get("final_scores", {}), **_tier_bytes(s)} for s in by_seed.values()]
             agg = aggregate(flat, columns + tiers)
             rows.append((label, len(flat), agg))
             per_seed = [read_rounds(d) for d in runs[label].values()]
+            per_seed = [[row for row in rows if row.get(name) is not None] for rows in per_seed]  # scored rounds
             n_rows = min(len(r) for r in per_seed)
             curves[label] = (
                 [per_seed[0][i]["round"] for i in range(n_rows)],
@@ -78,24 +80,40 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
         + "; bytes summed over all clients and rounds"
         + (f"; mean ± std over {rows[0][1]} seeds." if rows and rows[0][1] > 1 else "."),
         "",
-        f"| method | final {name} | best {name} | MB up | MB down |" + "".join(f" MB {t} |" for t in tiers)
-        + " wall time (s) |",
-        "| --- " * (6 + len(tiers)) + "|",
+        f"| method | final {name} | best {name} |" + "".join(f" {c} |" for c in shown) + " MB up | MB down |"
+        + "".join(f" MB {t} |" for t in tiers) + " wall time (s) |",
+        "| --- " * (6 + len(shown) + len(tiers)) + "|",
     ]
     for label, n, a in rows:
         lines.append(
-            f"| {label} | {_cell(*a['final'], n, '.4f')} | {_cell(*a['best'], n, '.4f')} "
-            f"| {_cell(_mb(a['bytes_up'][0]), _mb(a['bytes_up'][1]), n, '.2f')} "
+            f"| {label} | {_cell(*a['final'], n, '.4f')} | {_cell(*a['best'], n, '.4f')} |"
+            + "".join(f" {_cell(*a[c], n, '.4f')} |" for c in shown)
+            + f" {_cell(_mb(a['bytes_up'][0]), _mb(a['bytes_up'][1]), n, '.2f')} "
             f"| {_cell(_mb(a['bytes_down'][0]), _mb(a['bytes_down'][1]), n, '.2f')} |"
             + "".join(f" {_cell(_mb(a[t][0]), _mb(a[t][1]), n, '.2f')} |" for t in tiers)
             + f" {_cell(*a['wall_seconds'], n, '.1f')} |"
         )
+    first_run = next(iter(next(iter(runs.values())).values()))
+    lines += _calibration(next(iter(next(iter(summaries.values())).values())), read_rounds(first_run), name)
     md = "\n".join(lines) + "\n"
     (out_dir / "report.md").write_text(md)
     ylabel = f"{name} ({better} is better)" + (" on the global test split" if name == "accuracy" else "")
     plot_lines(out_dir / f"{name}.png", curves, "round", ylabel, title)
     _plot_bytes(out_dir / f"bytes_vs_{name}.png", points, name, title)
     return md
+
+
+def _calibration(summary: dict, rows: list[dict], name: str) -> list[str]:
+    """A generative score's scale: real vs real (its floor) and the untrained model's samples (round 0)."""
+    ev = summary.get("evaluation")
+    if not ev:
+        return []
+    floor = ev["floor_public_vs_test"][name]
+    untrained = next((r[name] for r in rows if r["round"] == 0 and r.get(name) is not None), None)
+    return ["", f"Scale of {name} ({ev['samples_per_class']} samples per class, {ev['sampling_steps']} DDIM steps, "
+                f"against the global test split): real vs real (the public split) {floor:.2f}"
+                + (f"; the untrained U-Net {untrained:.2f}" if untrained is not None else "")
+                + f". The extractor's classifier reads {100 * ev['reference_test_accuracy']:.1f}% of the test split."]
 
 
 def _plot_bytes(path: Path, points: dict[str, tuple[float, float]], metric: str, title: str) -> None:

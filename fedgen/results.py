@@ -3,10 +3,13 @@
 config.yaml     the resolved experiment config
 rounds.jsonl    one JSON object per round (round, the task's columns, bytes_up, bytes_down, seconds, and any extras)
 rounds.csv      the same rows, contract columns only: round, the task's columns (a classifier's: accuracy, loss),
-                bytes_up, bytes_down, seconds
+                bytes_up, bytes_down, seconds; a round the task does not score (a diffusion run scores every
+                evaluation.every rounds) has empty task columns (null in rounds.jsonl)
 bytes.csv       every ledger entry: round, client, direction, tier, kind, bytes
 summary.json    strategy, dataset, partition, num_clients, rounds, seed, metric {name, higher_is_better}, final,
-                best (of the headline metric; a classifier's also as final_accuracy, best_accuracy), bytes_up,
+                best (of the headline metric; a classifier's also as final_accuracy, best_accuracy), final_scores
+                (the last scored round's task columns), report_columns (those the comparison report shows beside
+                the headline), bytes_up,
                 bytes_down, bytes_by_tier {tier: {up, down}}, wall_seconds, status ('running' / 'finished' /
                 'failed'), and extras
 <metric>.png    the headline metric per round (accuracy.png for a classifier)
@@ -94,7 +97,7 @@ class RunRecorder:
 
     def __init__(
         self, out_dir: str | Path, cfg: ExperimentConfig, ledger: ByteLedger, headline: Headline,
-        columns: tuple[str, ...], rows: list[dict] = (), elapsed: float = 0.0,
+        columns: tuple[str, ...], rows: list[dict] = (), elapsed: float = 0.0, report: tuple[str, ...] = (),
     ) -> None:
         """Start a run folder; a resumed run passes the rows and seconds it already had."""
         self.dir = Path(out_dir)
@@ -102,6 +105,7 @@ class RunRecorder:
         self.cfg = cfg
         self.ledger = ledger
         self.headline = headline
+        self.task_columns, self.report = list(columns), list(report)
         self.columns = ["round", *columns, *BYTE_COLUMNS]
         self.rows: list[dict[str, Any]] = list(rows)
         self.extras: dict[str, Any] = {}
@@ -109,8 +113,7 @@ class RunRecorder:
         self._last = time.perf_counter()
         write_atomic(self.dir / "config.yaml", dump_yaml(cfg))
         write_atomic(self.dir / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
-        write_atomic(self.dir / "rounds.csv", _csv_text([self.columns, *([r[c] for c in self.columns]
-                                                                           for r in self.rows)]))
+        write_atomic(self.dir / "rounds.csv", _csv_text([self.columns, *map(self._csv_row, self.rows)]))
         self._write_summary("running")
 
     @property
@@ -118,10 +121,12 @@ class RunRecorder:
         return time.perf_counter() - self._t0
 
     def record_round(self, rnd: int, scores: dict[str, float], extras: dict[str, Any]) -> dict[str, Any]:
-        """Append one round's row (the task's scores, then that round's bytes from the ledger) and flush it."""
+        """Append one round's row (the task's scores, then that round's bytes from the ledger) and flush it; empty
+        ``scores``: a round the task does not score."""
         now = time.perf_counter()
         row = {
             "round": rnd,
+            **({c: None for c in self.task_columns} if not scores else {}),
             **{k: float(v) for k, v in scores.items()},
             "bytes_up": self.ledger.total(UP, round=rnd),
             "bytes_down": self.ledger.total(DOWN, round=rnd),
@@ -136,12 +141,16 @@ class RunRecorder:
         with open(self.dir / "rounds.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         with open(self.dir / "rounds.csv", "a", newline="") as f:
-            csv.writer(f).writerow([row[c] for c in self.columns])
+            csv.writer(f).writerow(self._csv_row(row))
         self._write_summary("running")
         return row
 
+    def _csv_row(self, row: dict[str, Any]) -> list:
+        return ["" if row[c] is None else row[c] for c in self.columns]
+
     def summary(self, status: str) -> dict[str, Any]:
-        trained = [r for r in self.rows if r["round"] > 0] or self.rows
+        scored = [r for r in self.rows if r[self.headline.name] is not None]
+        trained = [r for r in scored if r["round"] > 0] or scored
         values = [r[self.headline.name] for r in trained]
         out = {
             "strategy": self.cfg.strategy.name,
@@ -151,8 +160,10 @@ class RunRecorder:
             "rounds": max((r["round"] for r in self.rows), default=0),
             "seed": self.cfg.seed,
             "metric": {"name": self.headline.name, "higher_is_better": self.headline.higher_is_better},
+            "report_columns": self.report,
             "final": values[-1] if values else None,
             "best": self.headline.best(values),
+            "final_scores": {c: trained[-1][c] for c in self.task_columns} if trained else {},
         }
         if "accuracy" in self.columns:
             accs = [r["accuracy"] for r in trained]
@@ -178,12 +189,12 @@ class RunRecorder:
         fields = ["round", "client", "direction", "tier", "kind", "bytes"]
         write_atomic(self.dir / "bytes.csv", _csv_text([fields, *([getattr(e, f) for f in fields]
                                                                   for e in self.ledger.entries)]))
-        if self.rows:
-            name = self.headline.name
-            xs = [r["round"] for r in self.rows]
+        name = self.headline.name
+        scored = [r for r in self.rows if r[name] is not None]
+        if scored:
             plot_lines(
                 self.dir / f"{name}.png",
-                {self.cfg.strategy.name: (xs, [r[name] for r in self.rows])},
+                {self.cfg.strategy.name: ([r["round"] for r in scored], [r[name] for r in scored])},
                 "round", f"{name} ({'higher' if self.headline.higher_is_better else 'lower'} is better)",
                 f"{self.cfg.name}: {self.cfg.strategy.name}",
             )

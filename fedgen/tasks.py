@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,16 +30,30 @@ class Headline:
         return (max if self.higher_is_better else min)(values) if values else None
 
 
-class Task(Protocol):
+class Task:
+    """The base of a run's scoring; a task sets ``headline`` and ``columns`` and implements ``evaluate`` and
+    ``final_models``."""
+
     headline: Headline
     columns: tuple[str, ...]
     """The task's columns of rounds.csv, between 'round' and the byte counts (the headline among them)."""
+    report: tuple[str, ...] = ()
+    """Columns the comparison report shows beside the headline (their final values)."""
+    extras: dict[str, Any] = {}
+    """Facts about the scoring for summary.json (e.g. the extractor and calibration of a generative score)."""
+
+    def scored(self, server_round: int) -> bool:
+        """Whether ``evaluate`` scores this round (a round it does not score has empty columns)."""
+        return True
 
     def evaluate(self, server_round: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Scores of the global model(s) after ``server_round``: every column, and any further figures."""
+        """Scores of the global model(s) after ``server_round``: every column, and any further figures; {} on a round
+        it does not score."""
+        raise NotImplementedError
 
     def final_models(self, state: dict[str, torch.Tensor]) -> dict[str, Any]:
         """File stem -> what the run folder keeps of the trained model(s) (``torch.save``d as <stem>.pt)."""
+        raise NotImplementedError
 
 
 def tail_classes(class_counts: np.ndarray, share: float = 1 / 3) -> list[int]:
@@ -48,7 +62,7 @@ def tail_classes(class_counts: np.ndarray, share: float = 1 / 3) -> list[int]:
     return sorted(int(c) for c in np.argsort(class_counts, kind="stable")[:k])
 
 
-class ClassifierTask:
+class ClassifierTask(Task):
     """One global classifier, scored on the global test split: accuracy and loss; accuracy per domain
     ('test/acc-<domain>'), per class ('test/acc-class-<name>') and, for a long-tailed partition, on the tail
     classes ('test/acc-tail')."""

@@ -45,7 +45,7 @@ class TrainResult:
     steps: int
 
 
-def _loader(data: ImageSet, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+def loader(data: ImageSet, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
     """Batches made float as they are drawn (the set stays uint8), in the order a shuffling DataLoader with this
     seed gives."""
     gen = torch.Generator().manual_seed(seed)
@@ -80,7 +80,7 @@ def fit(
     loss_fn = nn.CrossEntropyLoss()
     total, seen, steps = 0.0, 0, 0
     for epoch in range(epochs):
-        for x, y in _loader(data, batch_size, shuffle=True, seed=seed + epoch):
+        for x, y in loader(data, batch_size, shuffle=True, seed=seed + epoch):
             x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
@@ -118,7 +118,7 @@ def predict(model: nn.Module, data: ImageSet, batch_size: int, device: torch.dev
         raise ValueError("cannot evaluate on an empty dataset")
     model.to(device).eval()
     losses, preds = [], []
-    for x, y in _loader(data, batch_size, shuffle=False, seed=0):
+    for x, y in loader(data, batch_size, shuffle=False, seed=0):
         logits = model(x.to(device))
         losses.append(nn.functional.cross_entropy(logits, y.to(device), reduction="none").cpu())
         preds.append(logits.argmax(1).cpu())

@@ -1,6 +1,7 @@
 """Names that cross the Grid, shared by the server and the clients: one home for each.
 
-Message types are Flower's ('train', 'evaluate', 'query') plus OSCAR's 'train.encode'. Config keys travel in a
+Message types are Flower's ('train', 'evaluate', 'query') plus OSCAR's 'train.encode' and the diffusion task's
+'train.diffusion'. Config keys travel in a
 message's ConfigRecord 'config'; metric keys in a reply's MetricRecord 'metrics'.
 """
 
@@ -8,6 +9,8 @@ from flwr.app import MessageType
 
 ENCODE = f"{MessageType.TRAIN}.encode"
 """OSCAR's upload of category encodings."""
+DIFFUSION_TRAIN = f"{MessageType.TRAIN}.diffusion"
+"""Local training of the image diffusion model (task=diffusion)."""
 
 # --- config keys (server -> client) -------------------------------------------------------------------------------
 EXPERIMENT = "experiment"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import traceback
@@ -24,7 +25,8 @@ def machine_description() -> str:
 def compare(suite_path: str | Path, out_dir: str | Path, verbose: bool = False, check: bool = False) -> int:
     """Run every (method, seed) of the suite into ``out_dir``; returns a process exit code.
 
-    With ``check``, also fails when a run records no rounds or ends at or below twice chance accuracy.
+    With ``check``, also fails when a run records no rounds, has no final headline score (e.g. no FID) or ends at or
+    below twice chance accuracy.
     """
     suite, configs = load_suite(suite_path)
     for by_seed in configs.values():  # every run is validated before the first one starts
@@ -47,6 +49,9 @@ def compare(suite_path: str | Path, out_dir: str | Path, verbose: bool = False, 
             done.setdefault(label, {})[seed] = run_dir
             if check and summary["rounds"] < 1:
                 problems.append(f"{label} seed {seed}: recorded no rounds")
+            if check and not math.isfinite(summary["final"] if summary["final"] is not None else math.nan):
+                problems.append(f"{label} seed {seed}: produced no {summary['metric']['name']} "
+                                f"(final: {summary['final']})")
             if check and summary["metric"]["name"] == "accuracy":
                 chance = 1.0 / load_federation(cfg.data, cfg.seed).num_classes
                 if (summary["final"] or 0.0) <= 2 * chance:

@@ -18,6 +18,10 @@ def check_runnable(cfg: ExperimentConfig) -> None:
         load_federation(cfg.data, cfg.seed)
     except (FileNotFoundError, ValueError, IndexError) as err:
         raise ConfigError(f"data: {err}") from None
+    inception = cfg.evaluation.inception
+    if cfg.task == "diffusion" and inception and not Path(inception).expanduser().is_file():
+        raise ConfigError(f"evaluation.inception: no file at {inception} (the FID Inception-v3 weights, "
+                          "torch-fidelity's pt_inception-2015-12-05-6726825d.pth)")
 
 
 def backend_config(cfg: ExperimentConfig) -> dict:

@@ -26,7 +26,6 @@ from fedgen import checkpoint, foundation
 from fedgen.comm import UP, ByteLedger
 from fedgen.config import ExperimentConfig, load_config
 from fedgen.data import load_federation
-from fedgen.models import build_model
 from fedgen.results import RunRecorder, read_rounds
 from fedgen.train import resolve_device
 from fedgen.wire import CLIENT_STATE_DIR, EXPERIMENT, LABEL_HISTOGRAM
@@ -69,12 +68,8 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
     method = strategies.method(cfg.strategy.name)
     fed = load_federation(cfg.data, cfg.seed)
     device = resolve_device(cfg.device)
-
-    def model_fn() -> torch.nn.Module:
-        return build_model(cfg.model.name, fed.num_classes, cfg.model.norm, fed.image_shape[-1])
-
     ledger = ByteLedger()
-    ctx = strategies.RunContext(cfg, fed, model_fn, device, out_dir, ledger)
+    ctx = strategies.RunContext(cfg, fed, strategies.TASKS[cfg.task].model(cfg, fed), device, out_dir, ledger)
     arrays = ArrayRecord(method.initial(ctx))  # the first draw after seeding
     model_bytes = arrays.count_bytes()
     models_used = None
@@ -98,7 +93,9 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
         rows = [r for r in read_rounds(out_dir) if r["round"] <= ckpt["round"]]
         elapsed = ckpt["wall_seconds"]
         print(f"[{cfg.strategy.name} seed={cfg.seed}] resuming {out_dir} after round {ckpt['round']}", flush=True)
-    recorder = RunRecorder(out_dir, cfg, ledger, task.headline, task.columns, rows=rows, elapsed=elapsed)
+    recorder = RunRecorder(out_dir, cfg, ledger, task.headline, task.columns, rows=rows, elapsed=elapsed,
+                           report=task.report)
+    recorder.extras.update(task.extras)
     if models_used:
         recorder.extras["foundation_models"] = models_used
     experiment_json = cfg.to_json()
@@ -107,9 +104,9 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
     def after_round(server_round: int, arrays: ArrayRecord, extras: dict) -> None:
         nonlocal t_round
         row = recorder.record_round(server_round, task.evaluate(server_round, arrays.to_torch_state_dict()), extras)
-        scores = " | ".join(f"{SHORT.get(c, c)} {row[c]:.4f}" for c in task.columns)
+        scores = " | ".join(f"{SHORT.get(c, c)} {row[c]:.4f}" for c in task.columns if row[c] is not None)
         print(
-            f"[{cfg.strategy.name} seed={cfg.seed}] round {server_round:>3}/{cfg.rounds} | {scores}"
+            f"[{cfg.strategy.name} seed={cfg.seed}] round {server_round:>3}/{cfg.rounds} | {scores or 'not scored'}"
             f" | up {_fmt_bytes(row['bytes_up'])} | down {_fmt_bytes(row['bytes_down'])}"
             f" | {time.perf_counter() - t_round:.1f} s",
             flush=True,

@@ -1,8 +1,10 @@
-"""The registry: every method, what it is built from and what it needs. Nothing else names a strategy.
+"""The registry: every method and every task, what they are built from and what they need. Nothing else names a
+strategy.
 
 A method is its config section (a :class:`fedgen.config.StrategyConfig` subclass, in fedgen/config.py), its
 strategy (a file in this package), its client roles (modules in clients/) and one :class:`Method` entry below.
-The ServerApp, the ClientApp, the CLI, the bench and the tests read this table.
+A task (the top-level ``task`` key: what the clients train and how a run is scored) is one :class:`TaskKind` entry.
+The ServerApp, the ClientApp, the CLI, the bench and the tests read these tables.
 """
 
 from __future__ import annotations
@@ -29,9 +31,17 @@ from fedgen.config import (
     StrategyConfig,
 )
 from fedgen.data import Federation
+from fedgen.data.images import ImageSet
 from fedgen.fedeval import aggregate_evaluations
+from fedgen.models import build_model
 from fedgen.tasks import ClassifierTask, Task
-from fedgen.wire import ENCODE
+from fedgen.train import Penalty, TrainResult, train
+from fedgen.wire import DIFFUSION_TRAIN, ENCODE
+from strategies.retyped import TrainsAs
+
+Trainer = Callable[[nn.Module, ImageSet, int, int, list[Penalty]], TrainResult]
+"""Local training as a task does it: (model, data, seed, server round, penalties) -> result. The client roles and the
+server-side reference runs share it."""
 
 
 @dataclass
@@ -46,6 +56,10 @@ class RunContext:
     ledger: ByteLedger
     """The run's byte ledger: a strategy records here the traffic that never crosses the Grid (e.g. edge -> cloud),
     with its tier."""
+
+    @property
+    def kind(self) -> TaskKind:
+        return TASKS[self.cfg.task]
 
     def sampling(self) -> dict:
         """Flower's FedAvg-family sampling and evaluation aggregation, from the shared strategy keys.
@@ -62,16 +76,69 @@ class RunContext:
         )
 
 
-def classifier_task(ctx: RunContext, strategy: Strategy) -> Task:
+@dataclass(frozen=True)
+class TaskKind:
+    """What the clients train and how a run is scored."""
+
+    model: Callable[[ExperimentConfig, Federation], Callable[[], nn.Module]]
+    """The model builder of a run."""
+    trainer: Callable[[ExperimentConfig, torch.device], Trainer]
+    train_type: str
+    """The message type of its training messages (Flower's FedAvg family is made to send it)."""
+    roles: Mapping[str, str]
+    """Message type -> client role ('module:function')."""
+    score: Callable[[RunContext, Strategy], Task]
+
+
+def _classifier(cfg: ExperimentConfig, fed: Federation) -> Callable[[], nn.Module]:
+    return lambda: build_model(cfg.model.name, fed.num_classes, cfg.model.norm, fed.image_shape[-1])
+
+
+def _classifier_trainer(cfg: ExperimentConfig, device: torch.device) -> Trainer:
+    return lambda model, data, seed, server_round, penalties=(): train(model, data, cfg.train, device, seed, penalties)
+
+
+def _classifier_task(ctx: RunContext, strategy: Strategy) -> Task:
     return ClassifierTask(ctx.fed, ctx.model_fn, ctx.cfg.train.eval_batch_size, ctx.device,
                           long_tailed=ctx.cfg.data.partition.kind == "longtail")
 
 
-def classifier_init(ctx: RunContext) -> dict[str, torch.Tensor]:
-    return ctx.model_fn().state_dict()
+def _unet(cfg: ExperimentConfig, fed: Federation) -> Callable[[], nn.Module]:
+    from fedgen.diffusion.task import unet_fn
+
+    return unet_fn(cfg, fed)
+
+
+def _diffusion_trainer(cfg: ExperimentConfig, device: torch.device) -> Trainer:
+    from fedgen import diffusion
+
+    def trainer(model, data, seed, server_round, penalties=()):
+        return diffusion.train(model, data, cfg.diffusion, device, seed, server_round, penalties)
+
+    return trainer
+
+
+def _diffusion_task(ctx: RunContext, strategy: Strategy) -> Task:
+    from fedgen.diffusion.task import DiffusionTask
+
+    return DiffusionTask(ctx, strategy)
 
 
 FINETUNE = {MessageType.TRAIN: "clients.finetune:train", MessageType.EVALUATE: "clients.finetune:evaluate"}
+
+TASKS: dict[str, TaskKind] = {
+    "classify": TaskKind(_classifier, _classifier_trainer, MessageType.TRAIN, FINETUNE, _classifier_task),
+    "diffusion": TaskKind(_unet, _diffusion_trainer, DIFFUSION_TRAIN, {DIFFUSION_TRAIN: "clients.diffusion:train"},
+                          _diffusion_task),
+}
+
+
+def _task(ctx: RunContext, strategy: Strategy) -> Task:
+    return ctx.kind.score(ctx, strategy)
+
+
+def _initial(ctx: RunContext) -> dict[str, torch.Tensor]:
+    return ctx.model_fn().state_dict()
 
 
 @dataclass(frozen=True)
@@ -79,8 +146,8 @@ class Method:
     section: type[StrategyConfig]
     build: Callable[[RunContext], Strategy]
     roles: Mapping[str, str] = field(default_factory=dict)
-    """Message type -> the client role that answers it, as 'module:function'. Every client also answers the
-    partition query ('query', :func:`clients.common.query`)."""
+    """Message type -> the client role that answers it, as 'module:function', beyond its task's roles. Every client
+    also answers the partition query ('query', :func:`clients.common.query`)."""
     query: tuple[str, ...] = ()
     """Client facts the server's algorithm uses, asked before round 1 beside the partition id and the example
     counts every run needs (e.g. wire.LABEL_HISTOGRAM)."""
@@ -92,10 +159,10 @@ class Method:
     """The strategy has state beyond the global arrays (``state_dict`` / ``load_state_dict``), saved each round."""
     reply_checks: Callable[[Strategy], Mapping[str, Callable]] | None = None
     """Checks of its replies beyond the shared ones, by message type (run after :func:`fedgen.validation`)."""
-    task: Callable[[RunContext, Strategy], Task] = classifier_task
-    """What the run trains and how it is scored after each round."""
-    initial: Callable[[RunContext], dict[str, torch.Tensor]] = classifier_init
-    """The global arrays the run starts from, drawn first after seeding (every classifier method starts from the
+    task: Callable[[RunContext, Strategy], Task] = _task
+    """How the run is scored after each round (default: its task kind's scoring)."""
+    initial: Callable[[RunContext], dict[str, torch.Tensor]] = _initial
+    """The global arrays the run starts from, drawn first after seeding (every method of a task starts from the
     same model)."""
 
     @property
@@ -107,7 +174,7 @@ METHODS: dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
-    """Add a method; its client roles must not take a message type another method answers differently."""
+    """Add a method; its client roles must not take a message type a task or another method answers differently."""
     for mtype, target in method.roles.items():
         other = client_roles().get(mtype)
         if other not in (None, target):
@@ -123,25 +190,33 @@ def method(name: str) -> Method:
 
 
 def client_roles() -> dict[str, str]:
-    """Message type -> 'module:function', over every registered method."""
-    return {mtype: target for m in METHODS.values() for mtype, target in m.roles.items()}
+    """Message type -> 'module:function', over every task and registered method."""
+    roles = {mtype: target for kind in TASKS.values() for mtype, target in kind.roles.items()}
+    return roles | {mtype: target for m in METHODS.values() for mtype, target in m.roles.items()}
 
 
 def build_strategy(ctx: RunContext) -> Strategy:
     return method(ctx.cfg.strategy.name).build(ctx)
 
 
-def _fedprox(ctx: RunContext) -> Strategy:
-    return FedProx(proximal_mu=ctx.cfg.strategy.proximal_mu, **ctx.sampling())
+def flower(cls: type[Strategy], **kwargs) -> Callable[[RunContext], Strategy]:
+    """A builder of one of Flower's own strategies, unchanged, whose training messages carry the task's type."""
+
+    def build(ctx: RunContext) -> Strategy:
+        strategy = cls(**{k: getattr(ctx.cfg.strategy, v) for k, v in kwargs.items()}, **ctx.sampling())
+        train_type = ctx.kind.train_type
+        return strategy if train_type == MessageType.TRAIN else TrainsAs(strategy, train_type)
+
+    return build
 
 
 def _register_builtins() -> None:
     from strategies import centralized, feddyn, local, oscar
 
     for m in (
-        Method(FedAvgConfig, lambda ctx: FedAvg(**ctx.sampling()), roles=FINETUNE),
-        Method(FedProxConfig, _fedprox, roles=FINETUNE),
-        Method(FedDynConfig, feddyn.build, roles=FINETUNE, checkpoint=True),
+        Method(FedAvgConfig, flower(FedAvg)),
+        Method(FedProxConfig, flower(FedProx, proximal_mu="proximal_mu")),
+        Method(FedDynConfig, feddyn.build, checkpoint=True),
         Method(OscarConfig, oscar.build, foundation=True, reply_checks=oscar.Oscar.reply_checks,
                roles={ENCODE: "clients.encode:encode", MessageType.EVALUATE: FINETUNE[MessageType.EVALUATE]}),
         Method(LocalConfig, local.LocalOnly.build, federated=False, checkpoint=True, task=local.LocalTask),

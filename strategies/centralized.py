@@ -13,5 +13,6 @@ class Centralized(ServerSideTraining):
     """One model trained on the union of every client's training data (the upper bound)."""
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        state, loss = self._train(self._arrays.to_torch_state_dict(), self.fed.pooled_train(), self.seed + server_round)
+        state, loss = self._train(self._arrays.to_torch_state_dict(), self.fed.pooled_train(), self.seed + server_round,
+                                  server_round)
         return ArrayRecord(state), MetricRecord({"train-loss": loss})

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 from flwr.app import Message, MetricRecord
 
-from fedgen.tasks import ClassifierTask, Headline
+from fedgen.tasks import Task
 from fedgen.train import client_seed
 from strategies.server_side import ServerSideTraining
 
@@ -34,29 +34,36 @@ class LocalOnly(ServerSideTraining):
         for k in range(self.fed.num_clients):
             start = self.models.get(k) or self._arrays.to_torch_state_dict()
             data, _ = self.fed.client(k)
-            self.models[k], loss = self._train(start, data, client_seed(self.seed, server_round, k))
+            self.models[k], loss = self._train(start, data, client_seed(self.seed, server_round, k),
+                                                server_round)
             losses.append(loss)
         return None, MetricRecord({"train-loss": float(np.mean(losses))})
 
 
-class LocalTask:
-    """Local-only's scores: the mean over the clients' own models on the global test split ('accuracy', 'loss'),
-    with the spread ('accuracy-min', 'accuracy-max'). Its final models are the clients' (client_models.pt)."""
-
-    headline = Headline("accuracy", higher_is_better=True)
-    columns = ("accuracy", "loss")
+class LocalTask(Task):
+    """Local-only's scores: the mean over the clients' own models of the task's scores (a classifier's accuracy and
+    loss on the global test split, a diffusion model's FID, IS and class fidelity), with the spread of the headline
+    ('<metric>-min', '<metric>-max'). Its final models are the clients' (client_models.pt)."""
 
     def __init__(self, ctx, strategy: LocalOnly) -> None:
         self.strategy = strategy
-        self.classifier = ClassifierTask(ctx.fed, ctx.model_fn, ctx.cfg.train.eval_batch_size, ctx.device)
+        self.inner = ctx.kind.score(ctx, strategy)
+        self.headline, self.columns = self.inner.headline, self.inner.columns
+        self.report, self.extras = self.inner.report, self.inner.extras
+
+    def scored(self, server_round: int) -> bool:
+        return self.inner.scored(server_round)
 
     def evaluate(self, server_round: int, state: dict) -> dict[str, float]:
+        if not self.scored(server_round):
+            return {}
         models = self.strategy.models
         states = [models[k] for k in sorted(models)] or [state]  # round 0: every client starts from the same model
-        scores = [self.classifier.scores(s) for s in states]
-        accs = [s["accuracy"] for s in scores]
-        return {"accuracy": float(np.mean(accs)), "loss": float(np.mean([s["loss"] for s in scores])),
-                "accuracy-min": float(np.min(accs)), "accuracy-max": float(np.max(accs))}
+        scores = [self.inner.scores(s) for s in states]
+        out = {c: float(np.mean([s[c] for s in scores])) for c in self.columns}
+        name = self.headline.name
+        return {**out, f"{name}-min": float(np.min([s[name] for s in scores])),
+                f"{name}-max": float(np.max([s[name] for s in scores]))}
 
     def final_models(self, state: dict) -> dict:
         return {"client_models": self.strategy.models}

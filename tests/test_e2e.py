@@ -46,18 +46,30 @@ def test_fedgen_run_on_ray_writes_the_results_contract(tmp_path):
         assert (out / f).exists(), f
 
 
+RESUMED = {
+    "feddyn-classifier": (["simulations/configs/digits_domains.yaml", "--set", "data.partition.kind=iid", "--set",
+                           "strategy.name=feddyn"], "model.pt"),
+    "fedprox-diffusion": (["simulations/configs/diffusion_digits.yaml", "--set", "strategy.name=fedprox", "--set",
+                           "diffusion.unet=tiny", "--set", "diffusion.local_epochs=1", "--set", "evaluation.every=2",
+                           "--set", "evaluation.samples_per_class=2", "--set", "evaluation.sampling_steps=2", "--set",
+                           "evaluation.reference_epochs=1"], "unet.pt"),
+}
+
+
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_same_result(tmp_path):
+@pytest.mark.parametrize("case", RESUMED)
+def test_a_killed_run_resumes_to_the_same_result(tmp_path, case):
     """Stop `fedgen run` (its process group and every descendant, Ray's included) after round 1, as a scheduler
-    would; `--resume` must finish it with the same final model as an uninterrupted run."""
+    would; `--resume` must finish it with the same final model and scores as an uninterrupted run."""
     import time
 
     import torch
 
     from simulations import procs
 
-    args = ["simulations/configs/digits_domains.yaml", "--set", "rounds=3", "--set", "data.num_clients=4",
-            "--set", "data.partition.kind=iid", "--set", "strategy.name=feddyn", "--set", "strategy.fraction_train=0.5"]
+    base, model_file = RESUMED[case]
+    args = [*base, "--set", "rounds=3", "--set", "data.num_clients=4", "--set", "strategy.fraction_train=0.5",
+            "--set", f"evaluation.cache_dir={tmp_path / 'reference'}"]
     whole, cut = tmp_path / "whole", tmp_path / "broke"
     subprocess.run([*FEDGEN, "run", *args, "--out", str(whole)], check=True, capture_output=True, timeout=600)
     proc = subprocess.Popen([*FEDGEN, "run", *args, "--out", str(cut)], stdout=subprocess.DEVNULL,
@@ -79,14 +91,21 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     assert "resuming" in resumed.stdout
     rows = [json.loads(line) for line in (cut / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
-    a, b = torch.load(whole / "model.pt"), torch.load(cut / "model.pt")
+    a, b = torch.load(whole / model_file), torch.load(cut / model_file)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    s_whole, s_cut = (json.loads((r / "summary.json").read_text()) for r in (whole, cut))
+    metric = s_whole["metric"]["name"]
+    assert [r[metric] for r in rows] == [json.loads(line)[metric]
+                                         for line in (whole / "rounds.jsonl").read_text().splitlines()]
+    if case.endswith("diffusion"):  # the contract of a generative run: FID, lower is better, scored rounds 0, 2, 3
+        assert s_whole["metric"] == {"name": "fid[own-digits-domains-cnn]", "higher_is_better": False}
+        assert [r[metric] is None for r in rows] == [False, True, False, False] and s_cut["final"] == rows[-1][metric]
+        assert (cut / "samples" / "round-003.png").exists() and (cut / f"{metric}.png").exists()
 
     def sampled_and_bytes(run):  # 2 of 4 clients per round: the resumed run must sample as the whole one did
         with open(run / "bytes.csv") as f:
             return sorted((e["round"], e["client"], e["direction"], e["kind"], e["bytes"]) for e in csv.DictReader(f))
 
     assert sampled_and_bytes(cut) == sampled_and_bytes(whole)
-    assert len({(r, c) for r, c, d, k, _ in sampled_and_bytes(whole) if k == "train"}) == 2 * 3
-    s_whole, s_cut = (json.loads((r / "summary.json").read_text()) for r in (whole, cut))
+    assert len({(r, c) for r, c, d, k, _ in sampled_and_bytes(whole) if k.startswith("train")}) == 2 * 3
     assert (s_cut["bytes_up"], s_cut["bytes_down"]) == (s_whole["bytes_up"], s_whole["bytes_down"])

@@ -18,7 +18,7 @@ from clients.common import client_data
 from fedgen.comm import DOWN, UP
 from fedgen.config import SECTIONS, StrategyConfig, validate
 from fedgen.data import load_federation
-from fedgen.tasks import Headline
+from fedgen.tasks import Headline, Task
 from fedgen.wire import SERVER_ROUND
 from simulations.server_app import run_experiment
 
@@ -61,7 +61,7 @@ class ToyStrategy(Strategy):
         pass
 
 
-class ToyTask:
+class ToyTask(Task):
     headline = Headline("distance", higher_is_better=False)
     columns = ("distance",)
 

@@ -27,6 +27,7 @@ def _norm(kind: str) -> Callable[[int], nn.Module]:
 class SmallCNN(nn.Module):
     def __init__(self, num_classes: int, norm: str = "batch", image_size: int = 32) -> None:
         super().__init__()
+        self.image_size = image_size
         make_norm = _norm(norm)
         self.features = nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1), make_norm(32), nn.ReLU(), nn.MaxPool2d(2),
