@@ -227,3 +227,14 @@ def test_a_diffusion_run_in_process_writes_its_scores(tiny_cfg, tmp_path):
     md = write_report(tmp_path, "t", {"FedAvg": {0: tmp_path / "run"}}, "here")
     assert f"| method | final {fid} | best {fid} | is[own-digits-domains-cnn] | class-fidelity | MB up |" in md
     assert f"real vs real (the public split) {floor[fid]:.2f}; the untrained U-Net {rows[0][fid]:.2f}" in md
+
+
+def test_the_floor_draws_real_images_of_every_class_and_domain(splits):
+    from fedgen.diffusion.task import real_sample
+
+    public = splits["public"]
+    idx = real_sample(public.labels, 10, 50)
+    assert len(idx) == 500 and len(set(idx)) == 500
+    assert (np.bincount(public.labels[idx], minlength=10) == 50).all()
+    assert set(public.domains[idx]) == set(public.domains)  # the split is ordered by domain: not its first images
+    assert np.array_equal(idx, real_sample(public.labels, 10, 50))

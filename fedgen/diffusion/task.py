@@ -24,6 +24,15 @@ def unet_fn(cfg: ExperimentConfig, fed: Federation):
     return lambda: build_unet(cfg.diffusion, fed.num_classes, image_size(cfg, fed))
 
 
+def real_sample(labels: np.ndarray, num_classes: int, per_class: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``per_class`` images of each class drawn at random (seeded): as many real images as a round
+    samples, from every domain (a split is ordered by domain, so its first images of a class are all of one)."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(idx, min(per_class, len(idx)), replace=False)
+             for idx in (np.flatnonzero(labels == c) for c in range(num_classes))]
+    return np.sort(np.concatenate(picks))
+
+
 class DiffusionTask(Task):
     """The global U-Net, scored every ``evaluation.every`` rounds (round 0, the untrained model, and the last round
     always): ``evaluation.samples_per_class`` DDIM samples per class, with a noise seed fixed for the run, against the
@@ -46,8 +55,7 @@ class DiffusionTask(Task):
         self.headline = Headline(f"fid[{name}]", higher_is_better=False)
         self.columns = (f"fid[{name}]", f"is[{name}]", "class-fidelity")
         self.report = self.columns[1:]
-        per_class = [np.flatnonzero(fed.public.labels == c)[:ev.samples_per_class] for c in range(fed.num_classes)]
-        x, y = fed.public.tensors(np.concatenate(per_class))  # as many real images as a round's samples
+        x, y = fed.public.tensors(real_sample(fed.public.labels, fed.num_classes, ev.samples_per_class))
         floor = self.scorer(self.scorer.as_generated(x), y)
         self.extras = {"evaluation": {"extractor": name, "reference_test_accuracy": accuracy,
                                       "floor_public_vs_test": floor, "samples_per_class": ev.samples_per_class,
