@@ -238,3 +238,13 @@ def test_the_floor_draws_real_images_of_every_class_and_domain(splits):
     assert (np.bincount(public.labels[idx], minlength=10) == 50).all()
     assert set(public.domains[idx]) == set(public.domains)  # the split is ordered by domain: not its first images
     assert np.array_equal(idx, real_sample(public.labels, 10, 50))
+
+
+def test_the_reference_classifier_is_the_same_on_every_machine(splits, tmp_path):
+    """Seeded: two caches built from different process-wide random states hold the same CNN."""
+    made = []
+    for k, seed in enumerate((1, 2)):
+        torch.manual_seed(seed)
+        cfg = EvaluationConfig(reference_epochs=1, cache_dir=str(tmp_path / str(k)))
+        made.append(reference_classifier(splits["public"], splits["test"], 10, cfg, CPU)[0].state_dict())
+    assert all(torch.equal(made[0][k], made[1][k]) for k in made[0])
