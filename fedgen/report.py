@@ -49,18 +49,18 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
     metric = json.loads(metrics.pop())
     name, higher = metric["name"], metric["higher_is_better"]
     tiers = sorted({k for by_seed in summaries.values() for s in by_seed.values() for k in _tier_bytes(s)})
-    shown = list(next(iter(next(iter(summaries.values())).values())).get("report_columns", []))
+    first = next(iter(next(iter(summaries.values())).values()))
+    shown = list(first.get("report_columns", []))
     columns = ["final", "best", *shown, "bytes_up", "bytes_down", "wall_seconds"]
     rows, curves, points = [], {}, {}
     with open(out_dir / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "seed", "status", "metric", *columns, *tiers])
         for label, by_seed in summaries.items():
-            for seed, s in by_seed.items():
-                w.writerow([label, seed, s["status"], name, *[{**s, **s.get("final_scores", {})}[c] for c in columns],
-                            *[_tier_bytes(s).get(t, 0) for t in tiers]])
-            flat = [{**s, **s.get("final_scores", {}), **_tier_bytes(s)} for s in by_seed.values()]
-            agg = aggregate(flat, columns + tiers)
+            flat = {seed: {**s, **s.get("final_scores", {}), **_tier_bytes(s)} for seed, s in by_seed.items()}
+            for seed, f in flat.items():
+                w.writerow([label, seed, f["status"], name, *[f[c] for c in columns], *[f.get(t, 0) for t in tiers]])
+            agg = aggregate(list(flat.values()), columns + tiers)
             rows.append((label, len(flat), agg))
             per_seed = [read_rounds(d) for d in runs[label].values()]
             per_seed = [[row for row in rows if row.get(name) is not None] for rows in per_seed]  # scored rounds
@@ -93,8 +93,7 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
             + "".join(f" {_cell(_mb(a[t][0]), _mb(a[t][1]), n, '.2f')} |" for t in tiers)
             + f" {_cell(*a['wall_seconds'], n, '.1f')} |"
         )
-    first_run = next(iter(next(iter(runs.values())).values()))
-    lines += _calibration(next(iter(next(iter(summaries.values())).values())), read_rounds(first_run), name)
+    lines += _calibration(first, read_rounds(next(iter(next(iter(runs.values())).values()))), name)
     md = "\n".join(lines) + "\n"
     (out_dir / "report.md").write_text(md)
     ylabel = f"{name} ({better} is better)" + (" on the global test split" if name == "accuracy" else "")

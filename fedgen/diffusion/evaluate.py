@@ -110,7 +110,7 @@ class GenerativeScores:
         make = (lambda out: Inception(inception, out)) if inception else (lambda out: OwnExtractor(reference, out))
         self.fid = FrechetInceptionDistance(feature=make("features"), reset_real_features=False)
         self.is_features = make("logits")
-        self.judge = OwnExtractor(reference, "logits")
+        self.judge = OwnExtractor(reference, "logits") if inception else self.is_features  # the own CNN's logits
         self.size, self.batch_size = size, batch_size
         for idx in torch.arange(len(real)).split(batch_size):
             self.fid.update(self.as_generated(real.tensors(idx.numpy())[0]), real=True)
