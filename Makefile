@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/fedgen-ray
 export MPLBACKEND ?= Agg
 
-.PHONY: install run test test-fast compare compare-ci compare-diffusion bench deploy-up deploy-down lint clean
+.PHONY: install run test test-fast compare compare-ci compare-diffusion compare-baselines bench deploy-up deploy-down lint clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ compare-ci: install
 compare-diffusion: install   ## federated diffusion on digits, sorted by FID (about 50 min on 2 CPU cores)
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare simulations/configs/suite_diffusion.yaml --out runs/compare-diffusion
+
+compare-baselines: install   ## FedAvg, FedDyn, SCAFFOLD, MOON, FedAdam over 3 seeds, by domain and Dirichlet(0.1)
+	@mkdir -p $(RAY_TMPDIR)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_baselines.yaml --out runs/compare-baselines
+	$(VENV)/bin/fedgen compare simulations/configs/suite_baselines_dirichlet.yaml --out runs/compare-baselines-dirichlet
 
 bench: install   ## figures into bench/results/<name>.json: make bench [BENCH="overhead scale ..."]
 	@mkdir -p $(RAY_TMPDIR)

@@ -1,18 +1,19 @@
 """The diffusion role ('train.diffusion'): train the global class-conditional U-Net on this client's own images.
 
-The reply carries the updated weights ('arrays') and 'metrics' with 'train-loss' and 'num-examples'; FedProx's
-proximal term is applied here when the server's config asks for it ('proximal-mu').
+The reply carries the updated weights ('arrays') and 'metrics' with 'train-loss' and 'num-examples'; the terms a
+strategy adds to local training (FedProx, SCAFFOLD, MOON on the U-Net's mid block) are
+:mod:`clients.local_update`'s.
 """
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 
 from clients.common import client_data, server_round
+from clients.local_update import LocalUpdate
 from fedgen import diffusion
 from fedgen.diffusion.task import unet_fn
-from fedgen.train import client_seed, proximal_penalty, resolve_device
-from fedgen.wire import NUM_EXAMPLES, PROXIMAL_MU, TRAIN_LOSS
+from fedgen.train import client_seed, resolve_device
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -20,13 +21,8 @@ def train(msg: Message, context: Context) -> Message:
     data, _ = fed.client(pid)
     device = resolve_device(cfg.device)
     model = unet_fn(cfg, fed)()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    mu = float(msg.content["config"].get(PROXIMAL_MU, 0.0))
-    penalties = [proximal_penalty([p.detach().clone().to(device) for p in model.parameters()], mu)] if mu > 0 else []
+    update = LocalUpdate(msg, context, pid, model, len(data), device)
     rnd = server_round(msg)
-    result = diffusion.train(model, data, cfg.diffusion, device, client_seed(cfg.seed, rnd, pid), rnd, penalties)
-    reply = RecordDict({
-        "arrays": ArrayRecord(model.cpu().state_dict()),
-        "metrics": MetricRecord({TRAIN_LOSS: result.loss, NUM_EXAMPLES: result.num_examples}),
-    })
-    return Message(content=reply, reply_to=msg)
+    result = diffusion.train(model, data, cfg.diffusion, device, client_seed(cfg.seed, rnd, pid), rnd,
+                             update.penalties)
+    return update.reply(result)

@@ -155,6 +155,48 @@ class FedDynConfig(StrategyConfig):
     with more data are pulled less towards the global model. False: every client uses alpha (the paper's text)."""
 
 
+class ScaffoldConfig(StrategyConfig):
+    """SCAFFOLD (Karimireddy et al., ICML 2020), option II. The control variates travel with the model, so each
+    round moves twice FedAvg's bytes each way."""
+
+    tasks = ("classify", "diffusion")
+    name: Literal["scaffold"] = "scaffold"
+    scaffold_eta_g: PositiveFloat = 1.0
+    """Global step size: x <- x + eta_g * mean(y_i - x) (the paper's default 1 is FedAvg's averaging)."""
+
+
+class MoonConfig(StrategyConfig):
+    """MOON (Li et al., CVPR 2021): FedAvg with a model-contrastive term in local training."""
+
+    tasks = ("classify", "diffusion")
+    name: Literal["moon"] = "moon"
+    moon_mu: PositiveFloat = 1.0
+    """Weight of the contrastive term (the paper uses 5 on CIFAR-10, 1 on CIFAR-100 and Tiny-ImageNet)."""
+    moon_tau: PositiveFloat = 0.5
+    """Temperature of the cosine similarities."""
+
+
+class FedOptConfig(StrategyConfig):
+    """Flower's adaptive server optimisers (Reddi et al., ICLR 2021). The client learning rate eta_l is the task's
+    own (train.lr or diffusion.lr); the defaults are the paper's CIFAR-10 setting."""
+
+    tasks = ("classify", "diffusion")
+    eta: PositiveFloat = 1e-2
+    """Server learning rate."""
+    beta_1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta_2: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    tau: PositiveFloat = 1e-3
+    """Adaptivity: added to the square root of the second moment."""
+
+
+class FedAdamConfig(FedOptConfig):
+    name: Literal["fedadam"] = "fedadam"
+
+
+class FedYogiConfig(FedOptConfig):
+    name: Literal["fedyogi"] = "fedyogi"
+
+
 class ServerSideConfig(StrategyConfig):
     """The reference runs train on the server from the partitions: no client is sampled, the shared keys are unused."""
 

@@ -43,6 +43,9 @@ class TrainResult:
     loss: float
     num_examples: int
     steps: int
+    lr_sum: float = 0.0
+    """How far one unit of constant gradient moved the weights over the steps (SCAFFOLD's K * lr): the sum of the
+    steps' learning rates; with SGD momentum beta, step k moves lr * (1 - beta^k) / (1 - beta)."""
 
 
 def loader(data: ImageSet, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
@@ -78,7 +81,7 @@ def fit(
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size, gamma) if step_size else None
     loss_fn = nn.CrossEntropyLoss()
-    total, seen, steps = 0.0, 0, 0
+    total, seen, steps, lr_sum = 0.0, 0, 0, 0.0
     for epoch in range(epochs):
         for x, y in loader(data, batch_size, shuffle=True, seed=seed + epoch):
             x, y = x.to(device), y.to(device)
@@ -91,9 +94,11 @@ def fit(
             loss.backward()
             opt.step()
             steps += 1
+            lr = opt.param_groups[0]["lr"]
+            lr_sum += lr * (1 - momentum**steps) / (1 - momentum) if momentum else lr
         if sched is not None:
             sched.step()
-    return TrainResult(loss=total / seen, num_examples=len(data), steps=steps)
+    return TrainResult(loss=total / seen, num_examples=len(data), steps=steps, lr_sum=lr_sum)
 
 
 def train(

@@ -27,6 +27,12 @@ PROXIMAL_MU = "proximal-mu"
 FEDDYN_ALPHA = "feddyn-alpha"
 FEDDYN_MEAN_EXAMPLES = "feddyn-mean-examples"
 """Sent when FedDyn scales alpha by each client's data share: the mean training-set size over the federation."""
+MOON_MU, MOON_TAU = "moon-mu", "moon-tau"
+
+# --- array keys ---------------------------------------------------------------------------------------------------
+SCAFFOLD_CONTROL = "scaffold-control."
+"""Prefix of SCAFFOLD's control variates in the model's ArrayRecord: the server control c going down, a client's
+change dc_i coming back (one ArrayRecord per message, as Flower's aggregation requires)."""
 
 # --- node config (Flower's own keys) ------------------------------------------------------------------------------
 PARTITION_ID = "partition-id"

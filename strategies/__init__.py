@@ -23,11 +23,15 @@ from fedgen.comm import ByteLedger
 from fedgen.config import (
     CentralizedConfig,
     ExperimentConfig,
+    FedAdamConfig,
     FedAvgConfig,
     FedDynConfig,
     FedProxConfig,
+    FedYogiConfig,
     LocalConfig,
+    MoonConfig,
     OscarConfig,
+    ScaffoldConfig,
     StrategyConfig,
 )
 from fedgen.data import Federation
@@ -37,7 +41,7 @@ from fedgen.models import build_model
 from fedgen.tasks import ClassifierTask, Task
 from fedgen.train import Penalty, TrainResult, train
 from fedgen.wire import DIFFUSION_TRAIN, ENCODE
-from strategies.retyped import TrainsAs
+from strategies.retyped import for_task
 
 Trainer = Callable[[nn.Module, ImageSet, int, int, list[Penalty]], TrainResult]
 """Local training as a task does it: (model, data, seed, server round, penalties) -> result. The client roles and the
@@ -204,19 +208,22 @@ def flower(cls: type[Strategy], **kwargs) -> Callable[[RunContext], Strategy]:
 
     def build(ctx: RunContext) -> Strategy:
         strategy = cls(**{k: getattr(ctx.cfg.strategy, v) for k, v in kwargs.items()}, **ctx.sampling())
-        train_type = ctx.kind.train_type
-        return strategy if train_type == MessageType.TRAIN else TrainsAs(strategy, train_type)
+        return for_task(strategy, ctx.kind.train_type)
 
     return build
 
 
 def _register_builtins() -> None:
-    from strategies import centralized, feddyn, local, oscar
+    from strategies import centralized, feddyn, fedopt, local, moon, oscar, scaffold
 
     for m in (
         Method(FedAvgConfig, flower(FedAvg)),
         Method(FedProxConfig, flower(FedProx, proximal_mu="proximal_mu")),
+        Method(FedAdamConfig, fedopt.builder(fedopt.ServerAdam), checkpoint=True),
+        Method(FedYogiConfig, fedopt.builder(fedopt.ServerYogi), checkpoint=True),
         Method(FedDynConfig, feddyn.build, checkpoint=True),
+        Method(ScaffoldConfig, scaffold.build, checkpoint=True),
+        Method(MoonConfig, moon.build, checkpoint=True),
         Method(OscarConfig, oscar.build, foundation=True, reply_checks=oscar.Oscar.reply_checks,
                roles={ENCODE: "clients.encode:encode", MessageType.EVALUATE: FINETUNE[MessageType.EVALUATE]}),
         Method(LocalConfig, local.LocalOnly.build, federated=False, checkpoint=True, task=local.LocalTask),

@@ -6,9 +6,8 @@ Algorithm (server side, each round t):
     3. h^t = h^{t-1} - alpha/m * sum_k (theta_k^t - theta^{t-1});  theta^t = mean_k theta_k^t - h^t / alpha
 The math is in :mod:`fedgen.feddyn`.
 
-h = (1/m) sum_k g_k holds only if a client's g_k moves exactly when its update is aggregated. So each client keeps
-its g_k per round and continues from the round the server names ('state-round': the last round whose update from
-that client the server aggregated); a rejected or late update leaves the client's g_k as it was.
+The client's g_k must move exactly when its update is aggregated: :class:`strategies.stateful.StatefulClients`
+names the round each client continues from.
 """
 
 from __future__ import annotations
@@ -17,17 +16,16 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
 from fedgen import feddyn
-from fedgen.wire import FEDDYN_ALPHA, FEDDYN_MEAN_EXAMPLES, STATE_ROUND
+from fedgen.wire import FEDDYN_ALPHA, FEDDYN_MEAN_EXAMPLES
+from strategies.stateful import StatefulClients
 
 
-class FedDyn(FedAvg):
-    """FedDyn on top of Flower's FedAvg sampling and reply checks; the Grid must name each node's partition
-    (:class:`simulations.grid.AccountedGrid`), so that what was aggregated survives a resume's new node ids.
+class FedDyn(StatefulClients):
+    """FedDyn on top of Flower's FedAvg sampling and reply checks.
 
     Parameters
     ----------
@@ -41,7 +39,7 @@ class FedDyn(FedAvg):
         The mean training-set size over the federation. Given, each client scales alpha by its data share,
         alpha / (n_k / mean_examples), as the official code does; the server's correction is the same either way.
     **kwargs
-        Passed to :class:`flwr.serverapp.strategy.FedAvg`.
+        Passed to :class:`strategies.stateful.StatefulClients`.
     """
 
     def __init__(self, alpha: float, num_clients: int, param_keys: Iterable[str], mean_examples: float | None = None,
@@ -54,16 +52,14 @@ class FedDyn(FedAvg):
         self.param_keys = set(param_keys)
         self.mean_examples = mean_examples
         self.h: dict[str, torch.Tensor] = {}
-        self.aggregated: dict[int, int] = {}
-        """Partition id -> the last round whose update from it was aggregated."""
         self._global: dict[str, torch.Tensor] = {}
-        self._grid: Grid | None = None
 
     def state_dict(self) -> dict:
-        return {"h": self.h, "aggregated": self.aggregated}
+        return {**super().state_dict(), "h": self.h}
 
     def load_state_dict(self, state: dict) -> None:
-        self.h, self.aggregated = state["h"], state["aggregated"]
+        super().load_state_dict(state)
+        self.h = state["h"]
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -76,27 +72,16 @@ class FedDyn(FedAvg):
         config[FEDDYN_ALPHA] = self.alpha
         if self.mean_examples is not None:
             config[FEDDYN_MEAN_EXAMPLES] = self.mean_examples
-        self._grid = grid
-        messages = []
-        for m in super().configure_train(server_round, arrays, config, grid):
-            node = m.metadata.dst_node_id
-            own = ConfigRecord({**config, STATE_ROUND: self.aggregated.get(grid.partition(node), 0)})
-            messages.append(Message(RecordDict({**m.content, "config": own}), dst_node_id=node,
-                                    message_type=m.metadata.message_type))
-        return messages
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
-        if not valid:
-            return None, None
-        contents = [m.content for m in valid]
-        clients = [c[self.arrayrecord_key].to_torch_state_dict() for c in contents]
+        return self.aggregate_with(server_round, replies, self._step)
+
+    def _step(self, clients: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         new_global, self.h = feddyn.server_update(self._global, clients, self.h, self.alpha, self.num_clients)
-        for m in valid:
-            self.aggregated[self._grid.partition(m.metadata.src_node_id)] = server_round
-        return ArrayRecord(new_global), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        return new_global
 
 
 def build(ctx) -> FedDyn:

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+
+
+def for_task(strategy: Strategy, train_type: str) -> Strategy:
+    """``strategy`` itself when its training messages already carry ``train_type``, else wrapped."""
+    return strategy if train_type == MessageType.TRAIN else TrainsAs(strategy, train_type)
 
 
 class TrainsAs(Strategy):
@@ -31,3 +36,9 @@ class TrainsAs(Strategy):
 
     def summary(self) -> None:
         self.inner.summary()
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)

@@ -122,19 +122,25 @@ def _interrupted_in_round_3(strategy, cfg, out, monkeypatch):
     monkeypatch.undo()
 
 
-@pytest.mark.parametrize("strategy", ["feddyn", "local"])
+@pytest.mark.parametrize("strategy", ["feddyn", "scaffold", "moon", "fedadam", "local", "moon-diffusion"])
 def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tiny_cfg, tmp_path, monkeypatch):
+    """The strategy's state and the clients' (FedDyn's g_k, SCAFFOLD's c and c_i, MOON's previous models, FedAdam's
+    moments) survive an interruption in round 3: the resumed run ends where the whole one did."""
     from clients.app import app
 
+    name, _, task = strategy.partition("-")
+    diffusion = dict(task="diffusion", diffusion={"unet": "tiny", "image_size": 16, "batch_size": 64},
+                     evaluation={"samples_per_class": 2, "sampling_steps": 2, "every": 2, "reference_epochs": 1,
+                                 "cache_dir": str(tmp_path / "ref")}) if task else {}
     cfg = tiny_cfg(rounds=3, data={"num_clients": 4},
-                   strategy={"name": strategy, "fraction_train": 0.5, "min_train_clients": 2})
+                   strategy={"name": name, "fraction_train": 0.5, "min_train_clients": 2}, **diffusion)
     whole = run_experiment(InProcessGrid(app, 4), cfg, tmp_path / "whole")
-    _interrupted_in_round_3(strategy, cfg, tmp_path / "broke", monkeypatch)
+    _interrupted_in_round_3(name, cfg, tmp_path / "broke", monkeypatch)
     cut = json.loads((tmp_path / "broke" / "summary.json").read_text())
     assert cut["status"] == "failed" and cut["rounds"] == 2
     # a new federation (new node ids, fresh client contexts): client state must come from the clients' disks
     resumed = run_experiment(InProcessGrid(app, 4, seed=9), cfg, tmp_path / "broke", resume=True)
-    name = "client_models.pt" if strategy == "local" else "model.pt"
+    name = {"local": "client_models.pt", "diffusion": "unet.pt"}.get(task or strategy, "model.pt")
     a, b = torch.load(tmp_path / "whole" / name), torch.load(tmp_path / "broke" / name)
     if strategy == "local":
         a, b = [v for m in a.values() for v in m.values()], [v for m in b.values() for v in m.values()]
@@ -143,7 +149,11 @@ def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tin
     assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     rows = [json.loads(r) for r in (tmp_path / "broke" / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
-    assert resumed["final_accuracy"] == whole["final_accuracy"] and resumed["status"] == "finished"
+    assert resumed["final"] == whole["final"] and resumed["status"] == "finished"
+    if task:  # a generative run: FID, lower is better, scored in rounds 0, 2 and 3
+        assert resumed["metric"]["higher_is_better"] is False and resumed["final_scores"] == whole["final_scores"]
+        assert [r[resumed["metric"]["name"]] is None for r in rows] == [False, True, False, False]
+        assert (tmp_path / "broke" / "samples" / "round-003.png").exists()
     # the same clients sampled, the same bytes (folder names of one length: the config carries the path); the
     # resumed run's partition query is not counted again
     assert (tmp_path / "broke" / "bytes.csv").read_text() == (tmp_path / "whole" / "bytes.csv").read_text()

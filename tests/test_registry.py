@@ -211,7 +211,7 @@ def test_replies_flower_would_refuse_are_rejected_and_the_run_goes_on(fault, tin
 def test_feddyn_client_state_follows_only_aggregated_updates(tiny_cfg, tmp_path, monkeypatch):
     """Client 1's round-1 update is rejected (NaN) after it saved its state. Afterwards h = (1/m) sum_k g_k, with
     each g_k the state the client will continue from (the round the server names), as FedDyn requires."""
-    from clients import finetune
+    from clients import finetune, local_update
     from clients import state as client_state
     from fedgen import checkpoint
 
@@ -246,7 +246,7 @@ def test_feddyn_client_state_follows_only_aggregated_updates(tiny_cfg, tmp_path,
             "client-state-dir": str((tmp_path / "run" / "client_state").resolve()), SERVER_ROUND: 3,
             "state-round": strategy_state["aggregated"].get(pid, 0)})}), dst_node_id=node,
             message_type=MessageType.TRAIN)
-        grads.append(client_state.load(msg, context, finetune.FEDDYN_STATE, pid))
+        grads.append(client_state.load(msg, context, local_update.FEDDYN_STATE, pid))
     names = list(h)
     for i, name in enumerate(names):
         mean_g = sum(g[i].double() for g in grads) / 3

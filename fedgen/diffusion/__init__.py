@@ -35,12 +35,14 @@ attention at the second level, 16x16 for 32x32 images."""
 def build_unet(cfg: DiffusionConfig, num_classes: int, image_size: int) -> UNet2DModel:
     """A class-conditional U-Net (a class embedding added to the time embedding), RGB in and out."""
     channels, layers, attention, groups = UNETS[cfg.unet]
-    return UNet2DModel(
+    unet = UNet2DModel(
         sample_size=image_size, in_channels=3, out_channels=3, block_out_channels=channels,
         layers_per_block=layers, norm_num_groups=groups, num_class_embeds=num_classes,
         down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
         up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
     )
+    unet.representation = "mid_block"  # MOON's representation (FedPhD's MOON row)
+    return unet
 
 
 def noise_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
@@ -92,7 +94,7 @@ def train(model: UNet2DModel, data: ImageSet, cfg: DiffusionConfig, device: torc
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True) if cfg.ema_decay else None
     gen = torch.Generator().manual_seed(seed)
     size = model.config.sample_size
-    total, seen, steps = 0.0, 0, 0
+    total, seen, steps, lr_sum = 0.0, 0, 0, 0.0
     for epoch in range(cfg.local_epochs):
         for x, y in loader(data, cfg.batch_size, shuffle=True, seed=seed + epoch):
             x0 = resize(x, size)
@@ -111,13 +113,14 @@ def train(model: UNet2DModel, data: ImageSet, cfg: DiffusionConfig, device: torc
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
+            lr_sum += opt.param_groups[0]["lr"]
             warmup.step()
             if ema is not None:
                 ema.step(model.parameters())
             steps += 1
     if ema is not None:
         ema.copy_to(model.parameters())
-    return TrainResult(loss=total / seen, num_examples=len(data), steps=steps)
+    return TrainResult(loss=total / seen, num_examples=len(data), steps=steps, lr_sum=lr_sum)
 
 
 @torch.no_grad()

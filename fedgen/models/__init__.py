@@ -25,6 +25,9 @@ def _norm(kind: str) -> Callable[[int], nn.Module]:
 
 
 class SmallCNN(nn.Module):
+    representation = "classifier.2"
+    """The penultimate layer (64 features after the hidden layer's ReLU): MOON's representation."""
+
     def __init__(self, num_classes: int, norm: str = "batch", image_size: int = 32) -> None:
         super().__init__()
         self.image_size = image_size
@@ -44,6 +47,7 @@ def small_image_resnet18(num_classes: int, norm: str = "batch") -> nn.Module:
     model = resnet18(weights=None, num_classes=num_classes, norm_layer=_norm(norm))
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
+    model.representation = "avgpool"  # the penultimate layer (512 pooled features): MOON's representation
     return model
 
 
