@@ -29,7 +29,7 @@ compare-ci: install
 	$(VENV)/bin/fedgen compare simulations/configs/suite_ci.yaml --out runs/compare-ci --check
 	$(VENV)/bin/fedgen compare simulations/configs/suite_ci_diffusion.yaml --out runs/compare-ci-diffusion --check
 
-compare-diffusion: install   ## federated diffusion on digits, sorted by FID (about 50 min on 2 CPU cores)
+compare-diffusion: install   ## federated diffusion on digits, sorted by FID (about 80 min on 2 CPU cores)
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare simulations/configs/suite_diffusion.yaml --out runs/compare-diffusion
 
