@@ -84,9 +84,12 @@ def test_scaffold_traffic_is_twice_fedavgs_and_the_client_control_stays_home(tin
     params = {k for k, _ in build_model("cnn", 10).named_parameters()}
     train = [m for m in grid.delivered if m.metadata.message_type == "train"]
     assert len(train) == 3
-    for msg in train + [r for r in grid.received if r.metadata.message_type == "train"]:
+    replies = [r for r in grid.received if r.metadata.message_type == "train"]
+    for msg in train + replies:
         state, control = scaffold.split(msg.content["arrays"].to_torch_state_dict())
         assert set(control) == params and set(state) == set(build_model("cnn", 10).state_dict())
+    assert all(set(r.content.array_records) == {"arrays"} and set(r.content.metric_records) == {"metrics"} and
+               set(r.content["metrics"].keys()) == {"train-loss", "num-examples"} for r in replies)
     s_avg, s_scaf = runs["fedavg"][1], runs["scaffold"][1]
     query = {d: sum(e["bytes"] for e in json_lines(tmp_path / "fedavg") if e["round"] == 0 and e["direction"] == d)
              for d in ("up", "down")}

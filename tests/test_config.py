@@ -66,9 +66,9 @@ def test_json_round_trip():
 
 def test_suites_validate_every_run_up_front(tmp_path):
     suite, runs = load_suite(f"{CONFIGS}/suite_default.yaml")
-    assert set(runs) == {"Local", "FedAvg", "FedProx", "FedDyn", "Centralized", "OSCAR"}
+    assert set(runs) == {"Local", "FedAvg", "FedProx", "FedDyn", "SCAFFOLD", "MOON", "Centralized", "OSCAR"}
     assert {r[0].strategy.name for r in runs.values()} == {
-        "local", "fedavg", "fedprox", "feddyn", "centralized", "oscar"}
+        "local", "fedavg", "fedprox", "feddyn", "scaffold", "moon", "centralized", "oscar"}
     assert runs["OSCAR"][0].rounds == 1 and runs["OSCAR"][0].foundation.profile == "embedded"
     (tmp_path / "base.yaml").write_text("rounds: 2\n")
     (tmp_path / "suite.yaml").write_text("base: base.yaml\nseeds: [0, 1]\nmethods:\n  A: [strategy.name=fedavg]\n"
@@ -106,7 +106,8 @@ def test_a_key_of_another_strategy_is_refused_naming_it():
                                           r"feddyn\)"):
         validate({"strategy": {"name": "fedavg", "feddyn_alpha": 0.1}})
     assert validate({"strategy": {"name": "feddyn", "feddyn_alpha": 0.1}}).strategy.feddyn_alpha == 0.1
-    with pytest.raises(ConfigError, match="strategy.name: unknown strategy 'fedsgd'; choose from centralized, fedavg"):
+    with pytest.raises(ConfigError,
+                       match="strategy.name: unknown strategy 'fedsgd'; choose from centralized, fedadam, fedavg"):
         validate({"strategy": {"name": "fedsgd"}})
     with pytest.raises(ConfigError, match="oscar: unknown key .strategy 'oscar' is configured in the strategy "
                                           "section"):
