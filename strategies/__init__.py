@@ -65,6 +65,11 @@ class RunContext:
     def kind(self) -> TaskKind:
         return TASKS[self.cfg.task]
 
+    def param_keys(self) -> set[str]:
+        """The model's trainable parameters (the state-dict keys a server step moves; others, e.g. BatchNorm
+        statistics, are averaged)."""
+        return {k for k, _ in self.model_fn().named_parameters()}
+
     def sampling(self) -> dict:
         """Flower's FedAvg-family sampling and evaluation aggregation, from the shared strategy keys.
 

@@ -89,4 +89,4 @@ def build(ctx) -> FedDyn:
     mean = (float(np.mean([len(fed.client(k)[0]) for k in range(fed.num_clients)]))
             if s.feddyn_alpha_by_data_share else None)
     return FedDyn(alpha=s.feddyn_alpha, num_clients=fed.num_clients,
-                  param_keys={k for k, _ in ctx.model_fn().named_parameters()}, mean_examples=mean, **ctx.sampling())
+                  param_keys=ctx.param_keys(), mean_examples=mean, **ctx.sampling())

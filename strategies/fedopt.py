@@ -61,7 +61,7 @@ def builder(cls: type[_ParametersOnly]):
         s = ctx.cfg.strategy
         lr = ctx.cfg.diffusion.lr if ctx.cfg.task == "diffusion" else ctx.cfg.train.lr
         strategy = cls(eta=s.eta, eta_l=lr, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau,
-                       param_keys={k for k, _ in ctx.model_fn().named_parameters()}, **ctx.sampling())
+                       param_keys=ctx.param_keys(), **ctx.sampling())
         return retyped.for_task(strategy, ctx.kind.train_type)
 
     return build

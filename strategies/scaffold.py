@@ -74,5 +74,5 @@ class Scaffold(StatefulClients):
 
 def build(ctx) -> Scaffold:
     return Scaffold(eta_g=ctx.cfg.strategy.scaffold_eta_g, num_clients=ctx.fed.num_clients,
-                    param_keys={k for k, _ in ctx.model_fn().named_parameters()},
+                    param_keys=ctx.param_keys(),
                     message_type=ctx.kind.train_type, **ctx.sampling())
