@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -33,11 +33,18 @@ def machine() -> dict:
     mem_kb = int(next(ln for ln in meminfo if ln.startswith("MemTotal")).split()[1])
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     libs = ["torch", "flwr", "ray", "transformers", "diffusers"]
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:  # a GPU machine may run the benchmarks that need no Ray without it
+            return "not installed"
+
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(), "python": platform.python_version(), "cpu_cores": os.cpu_count(),
         "memory_gib": round(mem_kb / 2**20, 1), "gpu": gpu, "torch_threads": torch.get_num_threads(),
-        "versions": {name: version(name) for name in libs},
+        "versions": {name: installed(name) for name in libs},
     }
 
 
@@ -248,6 +255,7 @@ def generation(out: Path, work: Path, images: int = 200, steps: int = 20, batch:
         "ratio_ours_over_bare_time": ours_s / bare_s,
         "gpu_images_per_s": _gpu_generation(folder, embeds, steps, batch) if torch.cuda.is_available()
         else "not measured: no GPU",
+        "sd_v1_512_gpu": _sd_v1_generation(work) if torch.cuda.is_available() else "not measured: no GPU",
     }
 
 
@@ -263,6 +271,70 @@ def _gpu_generation(folder: Path, embeds: torch.Tensor, steps: int, batch: int) 
     gpu.generate(embeds, 10, steps, 3.0, SIZE, batch, seed=0, progress=False)
     torch.cuda.synchronize()
     return len(embeds) * 10 / (time.perf_counter() - t)
+
+
+def sd_v1_architecture():
+    """Stable Diffusion v1.x's architecture with random weights (speed does not depend on the weights, and none can
+    be downloaded here): CLIP ViT-L/14's text encoder (12 layers, 768 wide, 77 tokens), the 4-level KL autoencoder
+    (128/256/512/512) and the conditional U-Net (320/640/1280/1280, cross-attention 768, 64x64 latents)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from fedgen.foundation.tiny import clip_tokenizer
+
+    tokenizer = clip_tokenizer(["a photo of a digit"] * 5, 77)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu"))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=2, sample_size=512)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # diffusers' defaults
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def _sd_v1_generation(work: Path, images: int = 16, steps: int = 50, batch: int = 8) -> dict:
+    """SD v1.x's architecture at 512x512 on CUDA, float16, DDIM 50 steps, guidance 7.5: ours against bare diffusers."""
+    from diffusers import StableDiffusionPipeline
+
+    from fedgen.foundation import Generator
+
+    folder = work / "sd-v1-architecture"
+    pipe = sd_v1_architecture()
+    unet_params = sum(p.numel() for p in pipe.unet.parameters())
+    pipe.save_pretrained(folder)
+    del pipe
+    ours = Generator(str(folder), "ddim", torch.device("cuda"), torch.float16)
+    embeds = torch.randn(images // batch, 77, 768)
+    ours.generate(embeds[:1], 1, 2, 7.5, 512, batch, seed=0, progress=False)  # warm-up
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    ours.generate(embeds, batch, steps, 7.5, 512, batch, seed=0, progress=False)
+    torch.cuda.synchronize()
+    ours_s = time.perf_counter() - t
+    del ours
+    bare = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float16, safety_checker=None,
+                                                   requires_safety_checker=False).to("cuda")
+    bare.set_progress_bar_config(disable=True)
+    jobs = embeds.repeat_interleave(batch, dim=0).to("cuda", torch.float16)
+    negative = torch.zeros_like(jobs[:batch])
+    bare(prompt_embeds=jobs[:batch], negative_prompt_embeds=negative, num_inference_steps=2, output_type="np")
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for start in range(0, images, batch):
+        bare(prompt_embeds=jobs[start : start + batch], negative_prompt_embeds=negative, num_inference_steps=steps,
+             guidance_scale=7.5, height=512, width=512, output_type="np")
+    torch.cuda.synchronize()
+    bare_s = time.perf_counter() - t
+    return {
+        "setup": f"SD v1.x architecture (random weights; U-Net {unet_params / 1e6:.0f}M parameters), 512x512, "
+                 f"{images} images, DDIM {steps} steps, guidance 7.5, batch {batch}, float16, "
+                 f"{torch.cuda.get_device_name(0)}",
+        "ours_images_per_s": images / ours_s, "bare_diffusers_images_per_s": images / bare_s,
+        "ratio_ours_over_bare_time": ours_s / bare_s,
+    }
 
 
 # --- 5. local training throughput -----------------------------------------------------------------------------------
@@ -302,7 +374,67 @@ def throughput(out: Path, work: Path, epochs: int = 3) -> dict:
     }
 
 
-BENCHMARKS = {"overhead": overhead, "scale": scale, "bytes": bytes_, "generation": generation, "throughput": throughput}
+# --- 6. diffusion training and sampling ----------------------------------------------------------------------------
+def _diffusion_speed(unet: str, device: torch.device, autocast: str, train_images: int, batch: int,
+                     sample_images: int, sample_steps: int) -> dict:
+    """fedgen.diffusion.train (what a diffusion client runs each round) and DDIM sampling (what the server's
+    evaluation runs), on random 32x32 images of 10 classes, timed after a warm-up."""
+    import numpy as np
+
+    from fedgen.config import DiffusionConfig
+    from fedgen.data.images import ImageSet
+    from fedgen.diffusion import build_unet, sample, train
+
+    cfg = DiffusionConfig(unet=unet, batch_size=batch, autocast=autocast)
+    rng = np.random.default_rng(0)
+    data = ImageSet(rng.integers(0, 256, (train_images, 32, 32, 3), dtype=np.uint8),
+                    rng.integers(0, 10, train_images), np.zeros(train_images, dtype=np.int64))
+    model = build_unet(cfg, 10, 32)
+    params = sum(p.numel() for p in model.parameters())
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    train(model, data.subset(np.arange(batch)), cfg, device, seed=0)  # warm-up (kernels, allocator)
+    sync()
+    t = time.perf_counter()
+    train(model, data, cfg, device, seed=1)
+    sync()
+    train_s = time.perf_counter() - t
+    labels = torch.arange(sample_images) % 10
+    sample(model, cfg, labels[:2], 1, 0, device)
+    sync()
+    t = time.perf_counter()
+    sample(model, cfg, labels, sample_steps, 0, device, batch_size=250)
+    sync()
+    sample_s = time.perf_counter() - t
+    return {"unet": unet, "parameters": params, "device": str(device), "autocast": autocast,
+            "train_images_per_s": train_images / train_s,
+            "sample_images_per_s": sample_images / sample_s, "sampling_steps": sample_steps}
+
+
+def diffusion(out: Path, work: Path) -> dict:
+    """Local diffusion training and DDIM sampling for the 'digits' U-Net (the embedded benchmark's) and the 'paper'
+    U-Net (FedPhD's 35.7M), on CPU and, when there is one, on the GPU (float32, then bf16 autocast)."""
+    cpu = torch.device("cpu")
+    points = [
+        _diffusion_speed("digits", cpu, "none", 512, 128, 100, 20),
+        _diffusion_speed("paper", cpu, "none", 64, 32, 10, 5),
+    ]
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        for unet in ("digits", "paper"):
+            for autocast in ("none", "bf16"):
+                points.append(_diffusion_speed(unet, gpu, autocast, 5120, 128, 1000, 100))
+    for p in points:
+        print(f"[bench diffusion] {p}", flush=True)
+    return {
+        "setup": "fedgen.diffusion.train (Adam, batch 128 on the GPU, 32 for the paper U-Net on CPU) and DDIM "
+                 "sampling (batch 250) on random 32x32 RGB images of 10 classes, after a warm-up",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not measured: no GPU",
+        "points": points,
+    }
+
+
+BENCHMARKS = {"overhead": overhead, "scale": scale, "bytes": bytes_, "generation": generation, "throughput": throughput,
+              "diffusion": diffusion}
 
 
 def main(names: list[str], out: str) -> int:

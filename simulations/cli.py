@@ -10,7 +10,7 @@ fedgen deploy run CONFIG [--set key=value ...] [--out DIR] [--dir DIR]  run an e
 fedgen deploy down [--dir DIR]                      stop exactly what `up` started
 fedgen deploy certs DIR                             a throwaway CA and server certificate (testing only)
 fedgen foundation prepare embedded [CONFIG] [--set ...]   pre-train the embedded captioner and generator
-fedgen bench [NAME ...] [--out DIR]                 benchmarks (overhead, scale, bytes, generation, throughput)
+fedgen bench [NAME ...] [--out DIR]                 overhead, scale, bytes, generation, throughput, diffusion
 fedgen local-superlink stop [--port P]              stop the local SuperLink that `flwr run` started and left running
 """
 

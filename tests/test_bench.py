@@ -34,3 +34,12 @@ def test_a_benchmark_writes_its_figures_and_the_machine(tmp_path):
     assert result["machine"]["cpu_cores"] == os.cpu_count() and "torch" in result["machine"]["versions"]
     assert result["ours_images_per_s"] > 0 and result["bare_images_per_s"] > 0
     assert bench.main(["nope"], str(tmp_path)) == 2
+
+
+def test_diffusion_speed_trains_and_samples_the_named_unet():
+    import torch
+
+    point = bench._diffusion_speed("tiny", torch.device("cpu"), "none", train_images=8, batch=4, sample_images=2,
+                                   sample_steps=1)
+    assert point["unet"] == "tiny" and point["device"] == "cpu" and point["parameters"] > 0
+    assert point["train_images_per_s"] > 0 and point["sample_images_per_s"] > 0
