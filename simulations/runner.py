@@ -46,8 +46,10 @@ def backend_config(cfg: ExperimentConfig) -> dict:
 
 
 def _not_a_client_failure(record: logging.LogRecord) -> bool:
-    """False for the simulation engine's log of a failed client task: the Grid logs each failure in a line."""
-    return not record.pathname.endswith(("vce_api.py", "raybackend.py"))
+    """False for the simulation engine's log of a failed client task (the Grid logs each failure in a line) and for
+    Flower's notice that ``run_simulation`` is deprecated (it is what `fedgen run` drives; `flwr run .` works too)."""
+    return not (record.pathname.endswith(("vce_api.py", "raybackend.py"))
+                or str(record.msg).lstrip().startswith("DEPRECATED FEATURE"))
 
 
 def quiet_flower(verbose: bool) -> None:
