@@ -51,8 +51,8 @@ def test_secure_two_node_federation_over_grpc(tmp_path):
 
 @pytest.mark.slow
 def test_a_supernode_that_dies_mid_run_does_not_hang_it(tmp_path):
-    """Three SuperNodes over gRPC; one is stopped (by PID) once round 1 is recorded. The run goes on with the two
-    left (strategy.min_train_clients=2) and finishes; the stopped node's missing reply is recorded."""
+    """Three SuperNodes over gRPC; one is stopped (by PID) once round 1 is recorded. Round 2 goes on with the two
+    left (strategy.min_train_clients=2) and the run finishes; the stopped node's missing reply is recorded."""
     import threading
 
     folder = tmp_path / "deploy"
@@ -73,13 +73,13 @@ def test_a_supernode_that_dies_mid_run_does_not_hang_it(tmp_path):
     watcher = threading.Thread(target=stop_after_round_1, daemon=True)
     watcher.start()
     try:
-        run = deploy.flwr_run(folder, ROOT, f"set='rounds=3 data.num_clients=3 data.partition.kind=iid "
+        run = deploy.flwr_run(folder, ROOT, f"set='rounds=2 data.num_clients=3 data.partition.kind=iid "
                                             f"strategy.min_train_clients=2 strategy.round_timeout_s=240' out='{out}'",
                               timeout=500)
         watcher.join(5)
         assert victim in stopped and run["status"] == "finished:completed", run
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["status"] == "finished" and summary["rounds"] == 3
+        assert summary["status"] == "finished" and summary["rounds"] == 2
         assert [(f["client"], f["reason"]) for f in summary["failures"]] in (
             [], [(2, "no reply: the node is no longer connected")])
     finally:
