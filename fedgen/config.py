@@ -485,8 +485,11 @@ class SuiteConfig(_Section):
     {base: its own YAML, set: [overrides]} for a method configured apart (e.g. OSCAR's foundation models)."""
 
 
-def load_suite(path: str | Path) -> tuple[SuiteConfig, dict[str, dict[int, ExperimentConfig]]]:
-    """Read a suite and validate every (method, seed) experiment up front, before any run starts."""
+def load_suite(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[SuiteConfig, dict[str, dict[int, ExperimentConfig]]]:
+    """Read a suite and validate every (method, seed) experiment up front, before any run starts. ``overrides``
+    apply to every run, after the suite's and the method's own settings."""
     path = Path(path)
     tree = load_tree(path)
     try:
@@ -495,10 +498,10 @@ def load_suite(path: str | Path) -> tuple[SuiteConfig, dict[str, dict[int, Exper
         raise ConfigError(_format(err, str(path))) from None
     runs: dict[str, dict[int, ExperimentConfig]] = {}
     for label, method in suite.methods.items():
-        base, overrides = (method.base, method.set) if isinstance(method, MethodSpec) else (suite.base, method)
+        base, own = (method.base, method.set) if isinstance(method, MethodSpec) else (suite.base, method)
         runs[label] = {}
         for seed in suite.seeds:
-            tree = apply_overrides(load_tree(path.parent / base), [*suite.set, *overrides, f"seed={seed}"])
+            tree = apply_overrides(load_tree(path.parent / base), [*suite.set, *own, *overrides, f"seed={seed}"])
             runs[label][seed] = validate(tree, source=f"{path} method '{label}' seed {seed}")
     data = {label: {s: c.data for s, c in by_seed.items()} for label, by_seed in runs.items()}
     first = next(iter(data.values()))

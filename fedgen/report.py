@@ -55,11 +55,12 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
     rows, curves, points = [], {}, {}
     with open(out_dir / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "seed", "status", "metric", *columns, *tiers])
+        w.writerow(["method", "seed", "status", "metric", "higher_is_better", *columns, *tiers])
         for label, by_seed in summaries.items():
             flat = {seed: {**s, **s.get("final_scores", {}), **_tier_bytes(s)} for seed, s in by_seed.items()}
             for seed, f in flat.items():
-                w.writerow([label, seed, f["status"], name, *[f[c] for c in columns], *[f.get(t, 0) for t in tiers]])
+                w.writerow([label, seed, f["status"], name, higher, *[f[c] for c in columns],
+                            *[f.get(t, 0) for t in tiers]])
             agg = aggregate(list(flat.values()), columns + tiers)
             rows.append((label, len(flat), agg))
             per_seed = [read_rounds(d) for d in runs[label].values()]

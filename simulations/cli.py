@@ -2,7 +2,8 @@
 
 fedgen run CONFIG.yaml [--set key=value ...] [--out DIR] [--verbose]
 fedgen run --resume DIR                              continue an interrupted run from its last round
-fedgen compare SUITE.yaml [--out DIR] [--check] [--verbose]
+fedgen compare SUITE.yaml [--out DIR] [--check] [--set ...] [--baseline REPORT.csv [--tolerance X]]
+fedgen diff STORED.csv NEW.csv [--tolerance X]       the regression gate alone
 fedgen check CONFIG.yaml [--set key=value ...]      validate only
 fedgen domains [--out PNG]                          draw the digits-domains grid
 fedgen deploy up [--nodes N] [--insecure] [--certs DIR] [--dir DIR]   a SuperLink + N SuperNodes on this machine
@@ -36,7 +37,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("suite")
     c.add_argument("--out", default=None, help="report folder (default runs/compare-<suite name>)")
     c.add_argument("--check", action="store_true", help="fail if a method errors, records no rounds or is at chance")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="applied to every run, after the suite's own settings")
     c.add_argument("--verbose", action="store_true")
+    c.add_argument("--baseline", metavar="REPORT.csv", help="a stored report.csv: fail on a regression against it")
+    _gate_args(c)
+    g = sub.add_parser("diff", help="compare a report.csv with a stored one; exit 1 on a regression")
+    g.add_argument("baseline", help="the stored report.csv")
+    g.add_argument("report", help="the new report.csv")
+    g.add_argument("--out", default=None, help="where to write the Markdown (default: diff.md beside REPORT)")
+    _gate_args(g)
     k = sub.add_parser("check", help="validate a config and its data, and print the resolved config")
     k.add_argument("config")
     k.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -74,6 +84,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 DEPLOY_DIR = "runs/deploy"
+
+
+def _gate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tolerance", type=float, default=0.02,
+                   help="how much worse the mean final headline score may get, in its own units (default 0.02)")
+    p.add_argument("--bytes-tolerance", type=float, default=0.01, help="relative growth of bytes allowed (0.01)")
+    p.add_argument("--time-tolerance", type=float, default=None,
+                   help="relative growth of wall time allowed (default: wall time is shown, not gated)")
 
 
 def _deploy(args: argparse.Namespace) -> int:
@@ -156,7 +174,17 @@ def main(argv: list[str] | None = None) -> int:
                 from fedgen.config import load_suite
 
                 out = f"runs/compare-{load_suite(args.suite)[0].name}"
-            return compare(args.suite, out, verbose=args.verbose, check=args.check)
+            return compare(args.suite, out, verbose=args.verbose, check=args.check, overrides=args.overrides,
+                           baseline=args.baseline, tolerance=args.tolerance, bytes_tolerance=args.bytes_tolerance,
+                           time_tolerance=args.time_tolerance)
+        elif args.command == "diff":
+            from fedgen.regress import gate
+
+            out = args.out or Path(args.report).with_name("diff.md")
+            passed, md = gate(args.baseline, args.report, out, args.tolerance, args.bytes_tolerance,
+                              args.time_tolerance)
+            print(md)
+            return 0 if passed else 1
         elif args.command == "check":
             from fedgen.config import dump_yaml
             from simulations.runner import check_runnable

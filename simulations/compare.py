@@ -6,10 +6,12 @@ import math
 import os
 import platform
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 from fedgen.config import load_suite
 from fedgen.data import load_federation
+from fedgen.regress import gate, read_report
 from fedgen.report import write_report
 from simulations.runner import check_runnable, run
 
@@ -22,13 +24,18 @@ def machine_description() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, {mem_gb:.0f} GiB, {gpu}, torch {torch.__version__}"
 
 
-def compare(suite_path: str | Path, out_dir: str | Path, verbose: bool = False, check: bool = False) -> int:
+def compare(suite_path: str | Path, out_dir: str | Path, verbose: bool = False, check: bool = False,
+            overrides: Sequence[str] = (), baseline: str | Path | None = None, tolerance: float = 0.02,
+            bytes_tolerance: float = 0.01, time_tolerance: float | None = None) -> int:
     """Run every (method, seed) of the suite into ``out_dir``; returns a process exit code.
 
     With ``check``, also fails when a run records no rounds, has no final headline score (e.g. no FID) or ends at or
-    below twice chance accuracy.
+    below twice chance accuracy. With ``baseline`` (a stored report.csv), also fails when a method regressed against
+    it (:mod:`fedgen.regress`); the comparison is written to ``diff.md``.
     """
-    suite, configs = load_suite(suite_path)
+    if baseline is not None:
+        read_report(baseline)  # a missing or unreadable baseline fails before any run
+    suite, configs = load_suite(suite_path, overrides)
     for by_seed in configs.values():  # every run is validated before the first one starts
         for cfg in by_seed.values():
             check_runnable(cfg)
@@ -61,6 +68,13 @@ def compare(suite_path: str | Path, out_dir: str | Path, verbose: bool = False, 
         md = write_report(out_dir, suite.name, done, machine_description())
         print(md)
         print(f"report: {(out_dir / 'report.md').resolve()}")
+        if baseline is not None:
+            passed, diff_md = gate(baseline, out_dir / "report.csv", out_dir / "diff.md", tolerance, bytes_tolerance,
+                                   time_tolerance)
+            print(diff_md)
+            print(f"diff: {(out_dir / 'diff.md').resolve()}")
+            if not passed:
+                problems.append(f"regressed against {baseline}: see {out_dir / 'diff.md'}")
     for p in problems:
         print(f"PROBLEM: {p}")
     return 1 if problems else 0
