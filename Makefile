@@ -53,7 +53,7 @@ bench: install   ## figures into bench/results/<name>.json: make bench [BENCH="o
 
 test: install
 	@mkdir -p $(RAY_TMPDIR)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
 test-fast: install   ## everything but the end-to-end Ray runs
 	$(PY) -m pytest -q -m "not slow"

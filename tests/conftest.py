@@ -10,6 +10,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
 
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test`: -n 2 --dist loadgroup), the end-to-end runs share one worker, one after
+    another: each starts Ray or a deployment sized for the whole machine, and the other worker runs the in-process
+    tests beside them."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("end-to-end"))
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch  # noqa: E402
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # two workers share the cores, not oversubscribe them
+
 from fedgen.config import validate  # noqa: E402
 
 
