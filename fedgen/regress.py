@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedgen.config import ConfigError
+
 
 @dataclass
 class Report:
@@ -41,22 +43,23 @@ class MethodDiff:
 
 
 def read_report(path: str | Path) -> Report:
-    """A report.csv as :func:`fedgen.report.write_report` writes it."""
+    """A report.csv as :func:`fedgen.report.write_report` writes it; a missing or foreign file is a
+    :class:`ConfigError` (bad input, reported before any run)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no report at {path}")
+        raise ConfigError(f"no report at {path}")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise ValueError(f"{path} holds no runs")
+        raise ConfigError(f"{path} holds no runs")
     missing = {"method", "seed", "status", "metric", "higher_is_better", "final", "bytes_up", "bytes_down",
                "wall_seconds"} - set(rows[0])
     if missing:
-        raise ValueError(f"{path} is not a fedgen report.csv (no column {', '.join(sorted(missing))}); a report "
+        raise ConfigError(f"{path} is not a fedgen report.csv (no column {', '.join(sorted(missing))}); a report "
                          f"written before the gate existed must be regenerated")
     metrics = {(r["metric"], r["higher_is_better"]) for r in rows}
     if len(metrics) != 1:
-        raise ValueError(f"{path} mixes metrics: {sorted(metrics)}")
+        raise ConfigError(f"{path} mixes metrics: {sorted(metrics)}")
     metric, higher = metrics.pop()
     runs: dict[str, list[dict]] = {}
     for r in rows:
@@ -78,7 +81,7 @@ def diff(old: Report, new: Report, tolerance: float, bytes_tolerance: float = 0.
          time_tolerance: float | None = None) -> list[MethodDiff]:
     """Every method of either report, in the new report's order (then those only the old one has)."""
     if (old.metric, old.higher_is_better) != (new.metric, new.higher_is_better):
-        raise ValueError(f"the reports score by different metrics: stored {old.metric}, new {new.metric}")
+        raise ConfigError(f"the reports score by different metrics: stored {old.metric}, new {new.metric}")
     out = []
     for method in [*new.runs, *(m for m in old.runs if m not in new.runs)]:
         o = _summary(old.runs[method]) if method in old.runs else None

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from inprocess import InProcessGrid
 
+from fedgen.config import ConfigError
 from fedgen.regress import diff, gate, read_report
 from fedgen.report import write_report
 from simulations.server_app import run_experiment
@@ -74,8 +75,11 @@ def test_missing_failed_new_and_heavier_methods(tmp_path):
     (tmp_path / "old-format.csv").write_text("method,seed,status,metric,final\nA,0,finished,accuracy,0.8\n")
     with pytest.raises(ValueError, match="no column .*higher_is_better"):
         read_report(tmp_path / "old-format.csv")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="no report at"):
         read_report(tmp_path / "nope.csv")
+    proc = subprocess.run([sys.executable, "-m", "simulations.cli", "diff", str(tmp_path / "nope.csv"), str(old)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "fedgen: no report at" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_strategy_worsened_by_a_learning_rate_of_almost_zero_fails_the_gate(tiny_cfg, tmp_path):
