@@ -17,6 +17,11 @@ import numpy as np
 
 from fedgen.config import ConfigError
 
+TOLERANCE = 0.02
+"""How much worse the mean final headline score may get, in the metric's own units (two accuracy points)."""
+BYTES_TOLERANCE = 0.01
+"""Relative growth of the bytes moved."""
+
 
 @dataclass
 class Report:
@@ -77,7 +82,7 @@ def _summary(rows: list[dict]) -> dict:
             "failed": [r["seed"] for r in rows if r["status"] != "finished"]}
 
 
-def diff(old: Report, new: Report, tolerance: float, bytes_tolerance: float = 0.01,
+def diff(old: Report, new: Report, tolerance: float = TOLERANCE, bytes_tolerance: float = BYTES_TOLERANCE,
          time_tolerance: float | None = None) -> list[MethodDiff]:
     """Every method of either report, in the new report's order (then those only the old one has)."""
     if (old.metric, old.higher_is_better) != (new.metric, new.higher_is_better):
@@ -144,8 +149,8 @@ def markdown(diffs: list[MethodDiff], old: Report, baseline: str, tolerance: flo
     return "\n".join(lines) + "\n"
 
 
-def gate(old_path: str | Path, new_path: str | Path, out: str | Path, tolerance: float,
-         bytes_tolerance: float = 0.01, time_tolerance: float | None = None) -> tuple[bool, str]:
+def gate(old_path: str | Path, new_path: str | Path, out: str | Path, tolerance: float = TOLERANCE,
+         bytes_tolerance: float = BYTES_TOLERANCE, time_tolerance: float | None = None) -> tuple[bool, str]:
     """Diff two report.csv files, write the Markdown to ``out``; returns (passed, Markdown)."""
     old, new = read_report(old_path), read_report(new_path)
     diffs = diff(old, new, tolerance, bytes_tolerance, time_tolerance)

@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     fp.add_argument("profile", choices=["embedded"])
     fp.add_argument("config", nargs="?", help="an experiment YAML whose foundation section to use (default: defaults)")
     fp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    b = sub.add_parser("bench", help="benchmarks: overhead, scale, bytes, generation, throughput (default: all)")
+    b = sub.add_parser("bench", help="benchmarks: overhead, scale, bytes, generation, throughput, diffusion "
+                       "(default: all)")
     b.add_argument("names", nargs="*")
     b.add_argument("--out", default="bench/results", help="folder of the <name>.json results")
     ls = sub.add_parser("local-superlink", help="the local simulation SuperLink that `flwr run` starts")
@@ -87,9 +88,12 @@ DEPLOY_DIR = "runs/deploy"
 
 
 def _gate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tolerance", type=float, default=0.02,
-                   help="how much worse the mean final headline score may get, in its own units (default 0.02)")
-    p.add_argument("--bytes-tolerance", type=float, default=0.01, help="relative growth of bytes allowed (0.01)")
+    from fedgen.regress import BYTES_TOLERANCE, TOLERANCE
+
+    p.add_argument("--tolerance", type=float, default=TOLERANCE,
+                   help=f"how much worse the mean final headline score may get, in its own units ({TOLERANCE})")
+    p.add_argument("--bytes-tolerance", type=float, default=BYTES_TOLERANCE,
+                   help=f"relative growth of bytes allowed ({BYTES_TOLERANCE})")
     p.add_argument("--time-tolerance", type=float, default=None,
                    help="relative growth of wall time allowed (default: wall time is shown, not gated)")
 

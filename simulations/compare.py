@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fedgen.config import load_suite
 from fedgen.data import load_federation
-from fedgen.regress import gate, read_report
+from fedgen.regress import BYTES_TOLERANCE, TOLERANCE, gate, read_report
 from fedgen.report import write_report
 from simulations.runner import check_runnable, run
 
@@ -25,8 +25,8 @@ def machine_description() -> str:
 
 
 def compare(suite_path: str | Path, out_dir: str | Path, verbose: bool = False, check: bool = False,
-            overrides: Sequence[str] = (), baseline: str | Path | None = None, tolerance: float = 0.02,
-            bytes_tolerance: float = 0.01, time_tolerance: float | None = None) -> int:
+            overrides: Sequence[str] = (), baseline: str | Path | None = None, tolerance: float = TOLERANCE,
+            bytes_tolerance: float = BYTES_TOLERANCE, time_tolerance: float | None = None) -> int:
     """Run every (method, seed) of the suite into ``out_dir``; returns a process exit code.
 
     With ``check``, also fails when a run records no rounds, has no final headline score (e.g. no FID) or ends at or
