@@ -10,6 +10,7 @@ only when ``time_tolerance`` (relative) is given: it varies with the machine.
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,10 +70,18 @@ def read_report(path: str | Path) -> Report:
     runs: dict[str, list[dict]] = {}
     for r in rows:
         runs.setdefault(r["method"], []).append({
-            "seed": int(r["seed"]), "status": r["status"], "final": float(r["final"]),
+            "seed": int(r["seed"]), "status": r["status"], "final": _number(r["final"]),
             "bytes": float(r["bytes_up"]) + float(r["bytes_down"]), "wall": float(r["wall_seconds"]),
         })
     return Report(metric, higher == "True", runs)
+
+
+def _number(cell: str) -> float:
+    """A score cell; a run that ended without one (a failed run writes None) reads as NaN."""
+    try:
+        return float(cell)
+    except ValueError:
+        return math.nan
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -99,10 +108,12 @@ def diff(old: Report, new: Report, tolerance: float = TOLERANCE, bytes_tolerance
         if o is not None and n is not None:
             worse = (o["final"] - n["final"]) if new.higher_is_better else (n["final"] - o["final"])
             allowed = max(tolerance, o["std"], n["std"])
-            if worse > allowed:
+            if math.isnan(n["final"]) and not math.isnan(o["final"]):
+                d.regressions.append(f"no final {new.metric}")
+            elif worse > allowed:
                 d.regressions.append(f"{new.metric} {n['final'] - o['final']:+.4f} (allowed {allowed:.4f})")
             if n["bytes"] > o["bytes"] * (1 + bytes_tolerance):
-                d.regressions.append(f"bytes {100 * (n['bytes'] / o['bytes'] - 1):+.1f}%")
+                d.regressions.append(f"bytes {_pct(n['bytes'], o['bytes'])}")
             if time_tolerance is not None and n["wall"] > o["wall"] * (1 + time_tolerance):
                 d.regressions.append(f"wall time {100 * (n['wall'] / o['wall'] - 1):+.0f}%")
         out.append(d)
@@ -110,7 +121,9 @@ def diff(old: Report, new: Report, tolerance: float = TOLERANCE, bytes_tolerance
 
 
 def _pct(new: float, old: float) -> str:
-    return f"{100 * (new / old - 1):+.1f}%" if old else ("0" if new == old else "new")
+    if old:
+        return f"{100 * (new / old - 1):+.1f}%"
+    return "0" if new == old else f"0 -> {new / 1e6:.2f} MB"
 
 
 def markdown(diffs: list[MethodDiff], old: Report, baseline: str, tolerance: float) -> str:

@@ -69,6 +69,10 @@ def test_missing_failed_new_and_heavier_methods(tmp_path):
     verdicts = {d.method: d.verdict for d in diff(read_report(old), read_report(new), 0.02)}
     assert verdicts == {"A": "REGRESSED: seed(s) [0] did not finish", "B": "REGRESSED: missing from the new report",
                         "C": "REGRESSED: bytes +10.0%", "D": "new"}
+    local = _csv(tmp_path / "local.csv", [("L", 0, "finished", 0.6, 0, 1)])
+    chatty = _csv(tmp_path / "chatty.csv", [("L", 0, "failed", "None", 2e6, 1)])  # starts sending, ends unscored
+    [d] = diff(read_report(local), read_report(chatty), 0.02)
+    assert d.regressions == ["seed(s) [0] did not finish", "no final accuracy", "bytes 0 -> 4.00 MB"]
     fid = _csv(tmp_path / "fid.csv", [("A", 0, "finished", 100, 1e6, 1)], metric="fid", higher=False)
     with pytest.raises(ValueError, match="different metrics"):
         diff(read_report(old), read_report(fid), 0.02)
