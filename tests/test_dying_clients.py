@@ -8,6 +8,7 @@ process, so a test can kill the very process that runs a given client (found amo
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,7 +123,7 @@ def test_a_killed_client_process_costs_one_round_of_its_work(where, tiny_cfg, tm
     head = None
     ray = {}
     if where == "cluster":
-        head, _, address = _ray_head(tmp_path)
+        head, ray_env, address = _ray_head(tmp_path)
         ray = {"address": address}
     cfg = tiny_cfg(rounds=3, data={"num_clients": 6}, ray=ray)
     killer = Killer(marks, head or os.getpid())
@@ -132,6 +133,7 @@ def test_a_killed_client_process_costs_one_round_of_its_work(where, tiny_cfg, tm
     finally:
         if head is not None:
             stopped, _ = procs.stop([head], grace=15)
+            shutil.rmtree(ray_env["RAY_TMPDIR"], ignore_errors=True)  # the head's own temp dir
     killer.join(timeout=60)
     assert killer.killed is not None, "no client process was seen training in round 1"
     part, pid = killer.killed
