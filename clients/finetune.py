@@ -15,18 +15,20 @@ from fedgen.models import build_model
 from fedgen.train import client_seed, resolve_device
 from fedgen.train import evaluate as evaluate_model
 from fedgen.train import train as train_model
-from fedgen.wire import DOMAIN_CORRECT, DOMAIN_COUNT, EVAL_ACC, EVAL_LOSS, NUM_EXAMPLES, PARTITION_ID
+from fedgen.wire import DOMAIN_CORRECT, DOMAIN_COUNT, EVAL_ACC, EVAL_LOSS, MODEL_NAME, NUM_EXAMPLES, PARTITION_ID
 
 
-def _model(cfg, fed) -> torch.nn.Module:
-    return build_model(cfg.model.name, fed.num_classes, cfg.model.norm, fed.image_shape[-1])
+def _model(cfg, fed, msg: Message) -> torch.nn.Module:
+    """The architecture the message names (FedDF's groups), else the experiment's."""
+    name = str(msg.content["config"].get(MODEL_NAME, cfg.model.name))
+    return build_model(name, fed.num_classes, cfg.model.norm, fed.image_shape[-1])
 
 
 def train(msg: Message, context: Context) -> Message:
     cfg, fed, pid = client_data(msg, context)
     data, _ = fed.client(pid)
     device = resolve_device(cfg.device)
-    model = _model(cfg, fed)
+    model = _model(cfg, fed, msg)
     update = LocalUpdate(msg, context, pid, model, len(data), device)
     seed = client_seed(cfg.seed, server_round(msg), pid)
     return update.reply(train_model(model, data, cfg.train, device, seed=seed, penalties=update.penalties))
@@ -36,7 +38,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on this client's local test split (overall and per domain)."""
     cfg, fed, pid = client_data(msg, context)
     _, test = fed.client(pid)
-    model = _model(cfg, fed)
+    model = _model(cfg, fed, msg)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     scores = evaluate_model(model, test, cfg.train.eval_batch_size, resolve_device(cfg.device),
                             len(fed.domain_names))

@@ -6,13 +6,14 @@ A reply is rejected, with a reason, when it
   (for train messages), or returns one that differs from it;
 - reports an absurd 'num-examples' (not a positive whole number, or more than the client is known to hold);
 - holds other than exactly one MetricRecord, or more than one ArrayRecord (what Flower's aggregation accepts);
-- differs in record keys from the other replies to messages of its type (Flower's aggregation would refuse the whole
-  set: :func:`inconsistent_replies` finds the odd ones out).
+- differs in record keys from the other replies to messages of its type that carried the same model (Flower's
+  aggregation would refuse the whole set: :func:`inconsistent_replies` finds the odd ones out).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 
 import numpy as np
 from flwr.app import RecordDict
@@ -81,9 +82,10 @@ def _keys(reply: RecordDict) -> tuple:
                                                                              **reply.metric_records}.items()))
 
 
-def inconsistent_replies(replies: list[RecordDict], kinds: list[str]) -> dict[int, str]:
-    """Index -> reason, for each reply whose record names and keys differ from those most replies of its message
-    type share (ties: the earliest reply's). Flower's aggregation refuses a set of replies unless all agree."""
+def inconsistent_replies(replies: list[RecordDict], kinds: list[Hashable]) -> dict[int, str]:
+    """Index -> reason, for each reply whose record names and keys differ from those most replies of its kind share
+    (ties: the earliest reply's); a kind is a message type, or finer (the type and the model the message carried).
+    Flower's aggregation refuses a set of replies unless all agree."""
     odd: dict[int, str] = {}
     for kind in set(kinds):
         idx = [i for i, k in enumerate(kinds) if k == kind]

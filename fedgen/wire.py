@@ -28,6 +28,9 @@ FEDDYN_ALPHA = "feddyn-alpha"
 FEDDYN_MEAN_EXAMPLES = "feddyn-mean-examples"
 """Sent when FedDyn scales alpha by each client's data share: the mean training-set size over the federation."""
 MOON_MU, MOON_TAU = "moon-mu", "moon-tau"
+MODEL_NAME = "model-name"
+"""The architecture of the model a message carries, where clients train different ones (FedDF); absent: the
+experiment's model.name."""
 
 # --- array keys ---------------------------------------------------------------------------------------------------
 SCAFFOLD_CONTROL = "scaffold-control."

@@ -59,6 +59,11 @@ def describe_client_error(reason: str) -> str:
     return f"client error: {reason}"
 
 
+def _sent_model(content: RecordDict) -> tuple:
+    """The array keys a message carried: replies are compared with those to the same model."""
+    return tuple(sorted((name, tuple(sorted(rec.keys()))) for name, rec in content.array_records.items()))
+
+
 class NodesUnavailable(RuntimeError):
     """Fewer client nodes are connected than a round needs, for longer than the round's timeout."""
 
@@ -140,8 +145,9 @@ class AccountedGrid(Grid):
         Several messages may go to one node, of one type or several. A message that never ran because its client
         process was being replaced (Ray restarting an actor whose process died) is sent again until it runs or
         ``timeout`` is up; a client whose process died while it ran it has lost that work and is recorded as failed.
-        Replies of one type whose records differ in keys from the others' are rejected as Flower's aggregation
-        would refuse them (the keys most replies share stand).
+        Replies of one type, to messages that carried the same model, whose records differ in keys from the others'
+        are rejected as Flower's aggregation would refuse them (the keys most replies share stand); replies to
+        different models (FedDF's architecture groups) are compared within their group.
         """
         pending = list(messages)
         if not pending:
@@ -182,7 +188,7 @@ class AccountedGrid(Grid):
                 if problems:
                     self._fail(rnd, src, kind, "invalid reply: " + "; ".join(problems))
                     continue
-                valid.append((r, kind, rnd))
+                valid.append((r, kind, rnd, _sent_model(out.content)))
             if resend:
                 log.info("%d message(s) reached a client process that was being replaced: sending again in %.0f s",
                          len(resend), wait)
@@ -196,8 +202,8 @@ class AccountedGrid(Grid):
             self._fail(rounds[mid], out.metadata.dst_node_id, out.metadata.message_type,
                        f"no reply within {timeout} s" if timed_out else "no reply: the node is no longer connected")
         kept = []
-        odd = inconsistent_replies([r.content for r, _, _ in valid], [kind for _, kind, _ in valid])
-        for i, (r, kind, rnd) in enumerate(valid):
+        odd = inconsistent_replies([r.content for r, *_ in valid], [(kind, model) for _, kind, _, model in valid])
+        for i, (r, kind, rnd, _) in enumerate(valid):
             if i in odd:
                 self._fail(rnd, r.metadata.src_node_id, kind, "invalid reply: " + odd[i])
             else:
