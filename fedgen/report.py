@@ -22,6 +22,8 @@ def aggregate(summaries: list[dict], columns: list[str]) -> dict[str, tuple[floa
 
 
 def _cell(mean: float, std: float, n: int, fmt: str) -> str:
+    if np.isnan(mean):
+        return "-"
     return f"{mean:{fmt}} ± {std:{fmt}}" if n > 1 else f"{mean:{fmt}}"
 
 
@@ -50,14 +52,17 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
     name, higher = metric["name"], metric["higher_is_better"]
     tiers = sorted({k for by_seed in summaries.values() for s in by_seed.values() for k in _tier_bytes(s)})
     first = next(iter(next(iter(summaries.values())).values()))
-    shown = list(first.get("report_columns", []))
+    shown = list(dict.fromkeys(c for by_seed in summaries.values() for s in by_seed.values()
+                               for c in s.get("report_columns", [])))  # a method without one shows '-'
+    nan = float("nan")
     columns = ["final", "best", *shown, "bytes_up", "bytes_down", "wall_seconds"]
     rows, curves, points = [], {}, {}
     with open(out_dir / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "seed", "status", "metric", "higher_is_better", *columns, *tiers])
         for label, by_seed in summaries.items():
-            flat = {seed: {**s, **s.get("final_scores", {}), **_tier_bytes(s)} for seed, s in by_seed.items()}
+            flat = {seed: {**dict.fromkeys(shown, nan), **s, **s.get("final_scores", {}), **_tier_bytes(s)}
+                    for seed, s in by_seed.items()}
             for seed, f in flat.items():
                 w.writerow([label, seed, f["status"], name, higher, *[f[c] for c in columns],
                             *[f.get(t, 0) for t in tiers]])

@@ -65,3 +65,20 @@ def test_report_from_run_folders(tmp_path):
     for name in ("report.md", "report.csv", "accuracy.png", "bytes_vs_accuracy.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert len((tmp_path / "report.csv").read_text().splitlines()) == 5
+
+
+def test_a_column_only_some_methods_report_shows_a_dash_for_the_others(tmp_path):
+    """FedDF's groups report their accuracy beside the headline; a single-model method in the same table has none."""
+    runs = {}
+    for label, extra in (("FedAvg", {}), ("FedDF", {"accuracy-cnn": 0.7, "accuracy-resnet8": 0.6})):
+        d = tmp_path / label
+        d.mkdir()
+        summary = {"status": "finished", "metric": {"name": "accuracy", "higher_is_better": True},
+                   "report_columns": list(extra), "final": 0.65, "best": 0.65, "final_scores": extra,
+                   "bytes_up": 1e6, "bytes_down": 1e6, "wall_seconds": 1.0}
+        (d / "summary.json").write_text(json.dumps(summary))
+        (d / "rounds.jsonl").write_text(json.dumps({"round": 0, "accuracy": 0.1}))
+        runs[label] = {0: d}
+    md = write_report(tmp_path, "mixed", runs, "test machine")
+    assert "| method | final accuracy | best accuracy | accuracy-cnn | accuracy-resnet8 | MB up |" in md
+    assert "| FedAvg | 0.6500 | 0.6500 | - | - |" in md and "| FedDF | 0.6500 | 0.6500 | 0.7000 | 0.6000 |" in md
