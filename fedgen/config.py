@@ -72,8 +72,12 @@ class DataConfig(_Section):
         return self
 
 
+ModelName = Literal["cnn", "resnet18", "resnet8", "mobilenet"]
+"""The classifiers of :data:`fedgen.models.MODELS`."""
+
+
 class ModelConfig(_Section):
-    name: Literal["cnn", "resnet18"] = "cnn"
+    name: ModelName = "cnn"
     norm: Literal["batch", "group"] = "batch"
     """GroupNorm is the variant DP-SGD accepts."""
 
@@ -197,6 +201,62 @@ class FedYogiConfig(FedOptConfig):
     name: Literal["fedyogi"] = "fedyogi"
 
 
+class FedDFConfig(StrategyConfig):
+    """FedDF (Lin et al., NeurIPS 2020): each architecture group's clients are averaged, then every group's student is
+    distilled from the ensemble of all received client models, on unlabelled server-side inputs. The distillation
+    defaults are the official code's (they assume a GPU: CPU suites set smaller step budgets)."""
+
+    name: Literal["feddf"] = "feddf"
+    architectures: list[ModelName] = []
+    """Architectures in contiguous blocks of partition ids (client k trains architectures[k * A // N], as in the
+    official code). Empty: every client trains model.name."""
+    architecture_of: dict[int, ModelName] = {}
+    """Partition id -> architecture, overriding the blocks for the ids it names."""
+    distillation: bool = True
+    """False: no distillation, each group is FedAvg inside its own group (the baseline of a federation of several
+    architectures, where FedAvg cannot mix them)."""
+    student_init: Literal["uniform", "weighted"] = "uniform"
+    """A group's student starts from the uniform average of its clients' models (the official code), or weighted by
+    their examples."""
+    source: Literal["public", "generated", "patches"] = "public"
+    """Distillation inputs, never their labels: 'public' the server-held public split; 'generated' images from the
+    foundation generator, prompted with ``prompt`` per class name; 'patches' random crops of scikit-learn's two sample
+    photographs (inputs unrelated to the task, to show the method's sensitivity)."""
+    source_size: PositiveInt = 2000
+    """Images made for source=generated or patches."""
+    prompt: str = "a photo of a {c}"
+    """source=generated: the prompt of each class name {c}."""
+    early_stop: Literal["kl", "accuracy"] = "kl"
+    """The stop signal: 'kl' (label-free) the KL from the ensemble to the student on a held-out part of the
+    distillation inputs; 'accuracy' the official code's, top-1 accuracy on a labelled held-out part of the public
+    split (a run that uses it says so in its summary)."""
+    holdout_fraction: OpenFraction = 0.1
+    """Share held out for the stop signal."""
+    temperature: PositiveFloat = 1.0
+    lr: PositiveFloat = 1e-3
+    """Adam, annealed by a cosine over max_steps."""
+    batch_size: PositiveInt = 128
+    max_steps: PositiveInt = 10_000
+    eval_every: PositiveInt = 100
+    patience: PositiveInt = 1_000
+    """Stop this many steps after the last strict improvement of the stop signal."""
+    grad_clip: PositiveFloat = 5.0
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        super().check(cfg)
+        n = cfg.data.num_clients
+        if len(self.architectures) > n:
+            raise ValueError(f"strategy.architectures names {len(self.architectures)} architectures for "
+                             f"data.num_clients={n} clients")
+        bad = sorted(k for k in self.architecture_of if not 0 <= k < n)
+        if bad:
+            raise ValueError(f"strategy.architecture_of: partition ids {bad} are outside 0..{n - 1}")
+        if self.eval_every > self.max_steps:
+            raise ValueError(f"strategy.eval_every={self.eval_every} exceeds strategy.max_steps={self.max_steps}")
+        if self.source == "generated":
+            check_embedded(cfg)
+
+
 class ServerSideConfig(StrategyConfig):
     """The reference runs train on the server from the partitions: no client is sampled, the shared keys are unused."""
 
@@ -313,6 +373,18 @@ class FoundationConfig(_Section):
     embedded: EmbeddedConfig = EmbeddedConfig()
 
 
+def check_embedded(cfg: ExperimentConfig) -> None:
+    """The embedded foundation models fit only digits-domains at their own size."""
+    if cfg.foundation.profile == "embedded":
+        from fedgen.data.digits import SIZE  # the embedded models are built for digits-domains' images
+
+        if cfg.data.dataset != "digits-domains":
+            raise ValueError("foundation.profile=embedded is trained on digits-domains: use that dataset, or "
+                             "foundation.profile=pretrained with real model paths")
+        if cfg.foundation.generator.size != SIZE:
+            raise ValueError(f"foundation.generator.size must be {SIZE} with the embedded profile")
+
+
 class OscarConfig(StrategyConfig):
     """One-shot encoding upload (OSCAR). Server-side training defaults are the official code's."""
 
@@ -333,14 +405,7 @@ class OscarConfig(StrategyConfig):
         super().check(cfg)
         if cfg.rounds != 1:
             raise ValueError(f"strategy.name=oscar is one-shot: rounds must be 1, got {cfg.rounds}")
-        if cfg.foundation.profile == "embedded":
-            from fedgen.data.digits import SIZE  # the embedded models are built for digits-domains' images
-
-            if cfg.data.dataset != "digits-domains":
-                raise ValueError("foundation.profile=embedded is trained on digits-domains: use that dataset, or "
-                                 "foundation.profile=pretrained with real model paths")
-            if cfg.foundation.generator.size != SIZE:
-                raise ValueError(f"foundation.generator.size must be {SIZE} with the embedded profile")
+        check_embedded(cfg)
 
 
 class RayConfig(_Section):

@@ -25,6 +25,7 @@ from fedgen.config import (
     ExperimentConfig,
     FedAdamConfig,
     FedAvgConfig,
+    FedDFConfig,
     FedDynConfig,
     FedProxConfig,
     FedYogiConfig,
@@ -219,7 +220,7 @@ def flower(cls: type[Strategy], **kwargs) -> Callable[[RunContext], Strategy]:
 
 
 def _register_builtins() -> None:
-    from strategies import centralized, feddyn, fedopt, local, moon, oscar, scaffold
+    from strategies import centralized, feddf, feddyn, fedopt, local, moon, oscar, scaffold
 
     for m in (
         Method(FedAvgConfig, flower(FedAvg)),
@@ -229,6 +230,7 @@ def _register_builtins() -> None:
         Method(FedDynConfig, feddyn.build, checkpoint=True),
         Method(ScaffoldConfig, scaffold.build, checkpoint=True),
         Method(MoonConfig, moon.build, checkpoint=True),
+        Method(FedDFConfig, feddf.build, task=feddf.GroupsTask, initial=feddf.initial),
         Method(OscarConfig, oscar.build, foundation=True, reply_checks=oscar.Oscar.reply_checks,
                roles={ENCODE: "clients.encode:encode", MessageType.EVALUATE: FINETUNE[MessageType.EVALUATE]}),
         Method(LocalConfig, local.LocalOnly.build, federated=False, checkpoint=True, task=local.LocalTask),

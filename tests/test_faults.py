@@ -122,18 +122,20 @@ def _interrupted_in_round_3(strategy, cfg, out, monkeypatch):
     monkeypatch.undo()
 
 
-@pytest.mark.parametrize("strategy", ["feddyn", "scaffold", "moon", "fedadam", "local", "moon-diffusion"])
+@pytest.mark.parametrize("strategy", ["feddyn", "scaffold", "moon", "fedadam", "feddf", "local", "moon-diffusion"])
 def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tiny_cfg, tmp_path, monkeypatch):
     """The strategy's state and the clients' (FedDyn's g_k, SCAFFOLD's c and c_i, MOON's previous models, FedAdam's
-    moments) survive an interruption in round 3: the resumed run ends where the whole one did."""
+    moments; FedDF's groups and seeded distillation) survive an interruption in round 3: the resumed run ends where
+    the whole one did."""
     from clients.app import app
 
     name, _, task = strategy.partition("-")
     diffusion = dict(task="diffusion", diffusion={"unet": "tiny", "image_size": 16, "batch_size": 64},
                      evaluation={"samples_per_class": 2, "sampling_steps": 2, "every": 2, "reference_epochs": 1,
                                  "cache_dir": str(tmp_path / "ref")}) if task else {}
+    own = {"architectures": ["cnn", "resnet8"], "max_steps": 10, "eval_every": 5} if name == "feddf" else {}
     cfg = tiny_cfg(rounds=3, data={"num_clients": 4},
-                   strategy={"name": name, "fraction_train": 0.5, "min_train_clients": 2}, **diffusion)
+                   strategy={"name": name, "fraction_train": 0.5, "min_train_clients": 2, **own}, **diffusion)
     whole = run_experiment(InProcessGrid(app, 4), cfg, tmp_path / "whole")
     _interrupted_in_round_3(name, cfg, tmp_path / "broke", monkeypatch)
     cut = json.loads((tmp_path / "broke" / "summary.json").read_text())
@@ -142,7 +144,7 @@ def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tin
     resumed = run_experiment(InProcessGrid(app, 4, seed=9), cfg, tmp_path / "broke", resume=True)
     name = {"local": "client_models.pt", "diffusion": "unet.pt"}.get(task or strategy, "model.pt")
     a, b = torch.load(tmp_path / "whole" / name), torch.load(tmp_path / "broke" / name)
-    if strategy == "local":
+    if strategy in ("local", "feddf"):  # a model per client, per group
         a, b = [v for m in a.values() for v in m.values()], [v for m in b.values() for v in m.values()]
     else:
         a, b = list(a.values()), list(b.values())

@@ -148,7 +148,8 @@ EXPECTED_KEYS = {
               "train.encode": {"class-ids", "caption-seconds", "encode-seconds"},
               "evaluate": {"eval-loss", "eval-acc", "num-examples", "partition-id", "domain-correct", "domain-count"}},
 }
-for _name in ("fedprox", "feddyn", "scaffold", "moon", "fedadam", "fedyogi"):  # the model (and SCAFFOLD's control)
+for _name in ("fedprox", "feddyn", "scaffold", "moon", "fedadam", "fedyogi", "feddf"):  # the model (and SCAFFOLD's
+    # control; FedDF's of the client's architecture)
     EXPECTED_KEYS[_name] = EXPECTED_KEYS["fedavg"]
 
 
@@ -164,8 +165,9 @@ def test_only_what_a_method_needs_leaves_a_client(name, tiny_cfg, tiny_models, t
             "profile": "pretrained", "captioner": {"kind": "blip", "path": str(tiny_models / "blip"),
                                                    "max_new_tokens": 4},
             "generator": {"path": str(tiny_models / "sd"), "steps": 2, "size": 32, "batch_size": 50}})
-    strategy = {"name": name, "fraction_evaluate": 1.0, **({"images_per_encoding": 2, "epochs": 1}
-                                                            if name == "oscar" else {})}
+    own = {"oscar": {"images_per_encoding": 2, "epochs": 1},
+           "feddf": {"architectures": ["cnn", "resnet8"], "max_steps": 10, "eval_every": 10}}
+    strategy = {"name": name, "fraction_evaluate": 1.0, **own.get(name, {})}
     cfg = tiny_cfg(strategy=strategy, **extra)
     grid = InProcessGrid(app, 3)
     run_experiment(grid, cfg, tmp_path / "run")
