@@ -73,6 +73,8 @@ class FedDF(FedAvg):
         self.device, self.seed = device, seed
         self._groups: dict[str, dict[str, torch.Tensor]] = {}
         self._grid: Grid | None = None
+        self.teachers: list[nn.Module] = []
+        """The last round's received models (the ensemble), for the task to score."""
 
     def _to_groups(self, messages: Iterable[Message], arrays: ArrayRecord, grid: Grid) -> list[Message]:
         """Each message with its node's group model and the architecture's name."""
@@ -106,15 +108,15 @@ class FedDF(FedAvg):
                      int(m.content["metrics"][NUM_EXAMPLES])) for m in valid]
         groups, metrics = dict(self._groups), {}
         t0 = time.perf_counter()
-        targets, holdout_targets = self._teacher(received) if self.distillation else (None, None)
+        self.teachers = [self._load(arch, state) for arch, state, _ in received]
+        targets, holdout_targets = self._teacher(self.teachers) if self.distillation else (None, None)
         for g, arch in enumerate(sorted({a for a, _, _ in received})):
             mine = [(state, n) for a, state, n in received if a == arch]
             start = feddf.average([s for s, _ in mine], [n for _, n in mine] if self.weighted else None)
             if not self.distillation:
                 groups[arch] = start
                 continue
-            student = self.model_fn(arch)
-            student.load_state_dict(start)
+            student = self._load(arch, start)
             score, higher = self._stop_signal(holdout_targets)
             result = feddf.distill(student, self.data.inputs, targets, score, higher, self.settings, self.device,
                                    seed=self.seed * 100_003 + server_round * 101 + g)
@@ -127,13 +129,13 @@ class FedDF(FedAvg):
         train = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
         return ArrayRecord(feddf.join(groups)), MetricRecord({**train, **metrics})
 
-    def _teacher(self, received: list[tuple[str, dict, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _load(self, arch: str, state: dict[str, torch.Tensor]) -> nn.Module:
+        model = self.model_fn(arch)
+        model.load_state_dict(state)
+        return model
+
+    def _teacher(self, models: list[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
         """The ensemble's soft labels of the distillation inputs and of the held-out part."""
-        models = []
-        for arch, state, _ in received:
-            model = self.model_fn(arch)
-            model.load_state_dict(state)
-            models.append(model)
         d, s = self.data, self.settings
         logits = feddf.ensemble_logits(models, torch.cat([d.inputs, d.holdout]), s.batch_size, self.device)
         probs = feddf.soft_targets(logits, s.temperature)
@@ -215,7 +217,9 @@ def initial(ctx) -> dict[str, torch.Tensor]:
 
 class GroupsTask(Task):
     """Every group's model scored on the global test split: the headline is the mean accuracy over groups, beside
-    each group's ('accuracy-<architecture>'); one group is scored exactly as the classifier task."""
+    each group's ('accuracy-<architecture>'); one group is scored exactly as the classifier task. After a training
+    round, 'ensemble-accuracy' is the accuracy of the teacher, the ensemble of the models the clients sent (what
+    distillation can at best reach; not used by the algorithm)."""
 
     headline = Headline("accuracy", higher_is_better=True)
     columns = ("accuracy", "loss")
@@ -223,6 +227,7 @@ class GroupsTask(Task):
     def __init__(self, ctx, strategy: FedDF) -> None:
         self.archs = sorted(set(architectures(ctx.cfg)))
         make = model_fn(ctx.cfg, ctx.fed)
+        self.strategy, self.fed, self.device = strategy, ctx.fed, ctx.device
         self.tasks = {a: ClassifierTask(ctx.fed, lambda a=a: make(a), ctx.cfg.train.eval_batch_size, ctx.device)
                       for a in self.archs}
         self.report = tuple(f"accuracy-{a}" for a in self.archs) if len(self.archs) > 1 else ()
@@ -235,10 +240,16 @@ class GroupsTask(Task):
     def evaluate(self, server_round: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
         groups = feddf.split(state)
         if len(self.archs) == 1:
-            return self.tasks[self.archs[0]].scores(groups[self.archs[0]])
-        scores = {a: self.tasks[a].scores(groups[a]) for a in self.archs}
-        out = {c: float(np.mean([s[c] for s in scores.values()])) for c in ("accuracy", "loss")}
-        out.update({f"{c}-{a}": s[c] for a, s in scores.items() for c in ("accuracy", "loss")})
+            out = self.tasks[self.archs[0]].scores(groups[self.archs[0]])
+        else:
+            scores = {a: self.tasks[a].scores(groups[a]) for a in self.archs}
+            out = {c: float(np.mean([s[c] for s in scores.values()])) for c in ("accuracy", "loss")}
+            out.update({f"{c}-{a}": s[c] for a, s in scores.items() for c in ("accuracy", "loss")})
+        teachers, self.strategy.teachers = self.strategy.teachers, []
+        if teachers:
+            x, y = self.fed.test.tensors()
+            logits = feddf.ensemble_logits(teachers, x, 256, self.device)
+            out["ensemble-accuracy"] = float((logits.argmax(1) == y).float().mean())
         return out
 
     def final_models(self, state: dict[str, torch.Tensor]) -> dict:

@@ -183,6 +183,7 @@ def test_each_client_gets_its_groups_model_and_a_group_whose_clients_all_failed_
     assert rows[2]["loss-resnet8"] == rows[0]["loss-resnet8"]
     assert all(rows[2][f"accuracy-{a}"] > rows[0][f"accuracy-{a}"] + 0.2 for a in ("cnn", "mobilenet"))
     assert "train/distill-steps-resnet8" not in rows[1] and rows[1]["train/distill-steps-cnn"] >= 10
+    assert "ensemble-accuracy" not in rows[0] and 0.2 < rows[2]["ensemble-accuracy"] <= 1  # the two teachers
     assert summary["status"] == "finished" and len(summary["failures"]) == 2
     assert summary["feddf"] == {"architectures": THREE, "distillation": True, "source": "public", "early_stop": "kl"}
     final = torch.load(tmp_path / "run" / "model.pt")
