@@ -213,8 +213,8 @@ class FedDFConfig(StrategyConfig):
     architecture_of: dict[int, ModelName] = {}
     """Partition id -> architecture, overriding the blocks for the ids it names."""
     distillation: bool = True
-    """False: no distillation, each group is FedAvg inside its own group (the baseline of a federation of several
-    architectures, where FedAvg cannot mix them)."""
+    """False: no distillation, each group's model is the average of its clients' (with student_init=weighted, FedAvg
+    inside each group: the baseline of a federation of several architectures, where FedAvg cannot mix them)."""
     student_init: Literal["uniform", "weighted"] = "uniform"
     """A group's student starts from the uniform average of its clients' models (the official code), or weighted by
     their examples."""

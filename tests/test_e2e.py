@@ -26,19 +26,25 @@ def test_bad_config_fails_before_any_work(tmp_path):
 
 @pytest.mark.slow
 def test_fedgen_run_on_ray_writes_the_results_contract(tmp_path):
+    """Through Flower's simulation engine: FedDF over a federation of three architectures (one client each), whose
+    console shows each group's accuracy."""
     out = tmp_path / "run"
     env = {**os.environ, "RAY_TMPDIR": os.environ["RAY_TMPDIR"]}
+    feddf = ["strategy.name=feddf", "strategy.architectures=[cnn,resnet8,mobilenet]", "strategy.max_steps=20",
+             "strategy.eval_every=10", "strategy.batch_size=64"]
     proc = subprocess.run(
         [*FEDGEN, "run", "simulations/configs/digits_domains.yaml", "--set", "rounds=2", "--set",
-         "data.num_clients=3", "--set", "data.partition.kind=iid", "--set", "strategy.name=fedprox",
+         "data.num_clients=3", "--set", "data.partition.kind=iid", *[a for f in feddf for a in ("--set", f)],
          "--out", str(out)],
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "round   2/2" in proc.stdout  # a progress line per round
+    assert "round   2/2" in proc.stdout and "accuracy-mobilenet" in proc.stdout  # a progress line per round
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["rounds"] == 2 and summary["strategy"] == "fedprox"
+    assert summary["status"] == "finished" and summary["rounds"] == 2 and summary["strategy"] == "feddf"
     assert summary["final_accuracy"] > 0.5 and summary["bytes_up"] > 0 and summary["bytes_down"] > 0
+    assert not summary["failures"] and all(summary["final_scores"][f"accuracy-{a}"] > 0.3
+                                           for a in ("cnn", "resnet8", "mobilenet"))
     rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2] and all(r["seconds"] >= 0 for r in rows)
     assert len((out / "rounds.csv").read_text().splitlines()) == 4

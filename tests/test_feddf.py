@@ -1,11 +1,8 @@
 """FedDF: its math against hand-computed values, the groups' traffic, a group whose clients all failed, labels of the
-distillation data never read, and a three-architecture federation on Ray."""
+distillation data never read (a three-architecture federation on Ray: tests/test_e2e.py)."""
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -238,51 +235,31 @@ def run_experiment_in_process(app, cfg, out):
 
 
 def test_without_distillation_each_group_is_fedavg_inside_its_group(tiny_cfg, tmp_path):
-    """distillation=false is the heterogeneous baseline; with one group it is FedAvg from the same start, up to the
-    uniform (not example-weighted) average."""
+    """distillation=false with the example-weighted average is the heterogeneous baseline; with one group it is
+    FedAvg from the same start (up to float rounding: Flower averages in NumPy)."""
     from clients.app import app
 
     runs = {}
     for name, strategy in (("fedavg", {"name": "fedavg"}),
                            ("plain", {"name": "feddf", "distillation": False, "student_init": "weighted"})):
-        runs[name] = run_experiment_in_process(app, tiny_cfg(strategy=strategy), tmp_path / name)
+        runs[name] = run_experiment_in_process(app, tiny_cfg(rounds=1, strategy=strategy), tmp_path / name)
     assert runs["plain"]["final"] == pytest.approx(runs["fedavg"]["final"], abs=0.005)
     assert runs["plain"]["feddf"]["source"] is None
     assert _rows(tmp_path / "plain")[0]["accuracy"] == _rows(tmp_path / "fedavg")[0]["accuracy"]
 
 
-@pytest.mark.slow
-def test_a_three_architecture_federation_runs_end_to_end_on_ray(tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "run", "simulations/configs/digits_domains.yaml",
-         "--set", "rounds=2", "--set", "data.num_clients=3", "--set", "data.partition.kind=iid",
-         "--set", "strategy.name=feddf", "--set", f"strategy.architectures=[{','.join(THREE)}]",
-         *[a for k, v in FAST.items() for a in ("--set", f"strategy.{k}={v}")], "--out", str(out)],
-        capture_output=True, text=True, timeout=600, env={**os.environ},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["rounds"] == 2 and not summary["failures"]
-    rows = _rows(out)
-    assert all(rows[2][f"accuracy-{a}"] > 0.3 for a in THREE), rows[2]
-    assert "accuracy-mobilenet" in proc.stdout  # the console shows each group
-
-
 @pytest.mark.parametrize("source", ["generated", "patches"])
-def test_feddf_distils_on_generated_images_or_unrelated_photo_patches(source, tiny_cfg, tiny_models, tmp_path):
-    from clients.app import app
+def test_feddf_can_distil_on_generated_images_or_unrelated_photo_patches(source, tiny_cfg, tiny_models):
+    """The inputs the server distils on (the rest of a round is the same whatever they are)."""
+    from fedgen.data import load_federation
+    from strategies.feddf import distillation_data
 
     foundation = {"profile": "pretrained", "generator": {"path": str(tiny_models / "sd"), "steps": 2, "size": 32,
                                                          "batch_size": 50}}
     cfg = tiny_cfg(rounds=1, foundation=foundation,
                    strategy={"name": "feddf", "source": source, "source_size": 30, "prompt": "a digit {c}", **FAST})
-    summary = run_experiment_in_process(app, cfg, tmp_path / "run")
-    assert summary["status"] == "finished" and summary["feddf"]["source"] == source
-    from fedgen.data import load_federation
-    from strategies.feddf import distillation_data
-
     ctx = type("Ctx", (), {"cfg": cfg, "fed": load_federation(cfg.data, cfg.seed), "device": torch.device("cpu")})
     data = distillation_data(ctx)
     assert (len(data.inputs), len(data.holdout), data.holdout_labels) == (27, 3, None)
     assert data.inputs.shape[1:] == (3, 32, 32) and -1 <= data.inputs.min() < data.inputs.max() <= 1
+    assert data.inputs.std() > 0.05  # images, not a constant
