@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/fedgen-ray
 export MPLBACKEND ?= Agg
 
-.PHONY: install run test test-fast compare compare-ci ci-baseline compare-diffusion compare-baselines bench deploy-up deploy-down lint clean
+.PHONY: install run test test-fast compare compare-ci ci-baseline compare-diffusion compare-baselines compare-feddf bench deploy-up deploy-down lint clean
 
 install: $(STAMP)
 
@@ -46,6 +46,13 @@ compare-baselines: install   ## FedAvg, FedDyn, SCAFFOLD, MOON, FedAdam over 3 s
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare simulations/configs/suite_baselines.yaml --out runs/compare-baselines
 	$(VENV)/bin/fedgen compare simulations/configs/suite_baselines_dirichlet.yaml --out runs/compare-baselines-dirichlet
+
+compare-feddf: install   ## FedAvg vs FedDF at Dirichlet 0.1 and 1 (3 seeds), three architectures, sources
+	@mkdir -p $(RAY_TMPDIR)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf.yaml --out runs/compare-feddf
+	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf_hetero.yaml --out runs/compare-feddf-hetero
+	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf_alpha1.yaml --out runs/compare-feddf-alpha1
+	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf_sources.yaml --out runs/compare-feddf-sources
 
 bench: install   ## figures into bench/results/<name>.json: make bench [BENCH="overhead scale ..."]
 	@mkdir -p $(RAY_TMPDIR)
