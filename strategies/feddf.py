@@ -30,6 +30,7 @@ from torch import nn
 from fedgen import feddf
 from fedgen.config import FedDFConfig
 from fedgen.data import Federation
+from fedgen.data.images import to_float
 from fedgen.models import build_model
 from fedgen.tasks import ClassifierTask, Headline, Task
 from fedgen.wire import MODEL_NAME, NUM_EXAMPLES
@@ -187,17 +188,16 @@ def distillation_data(ctx) -> DistillationData:
     cfg, fed, s = ctx.cfg, ctx.fed, ctx.cfg.strategy
     rng = np.random.default_rng(cfg.seed)
     images = distillation_images(ctx)
-    to_tensor = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # noqa: E731
     if s.early_stop == "accuracy":
         order = rng.permutation(len(fed.public))
         held = order[:max(1, int(len(order) * s.holdout_fraction))]
         x, y = fed.public.tensors(np.sort(held))
         if s.source == "public":
             images = images[np.sort(order[len(held):])]
-        return DistillationData(to_tensor(images), x, y, s.source)
+        return DistillationData(to_float(images), x, y, s.source)
     order = rng.permutation(len(images))
     held = max(1, int(len(images) * s.holdout_fraction))
-    return DistillationData(to_tensor(images[np.sort(order[held:])]), to_tensor(images[np.sort(order[:held])]), None,
+    return DistillationData(to_float(images[np.sort(order[held:])]), to_float(images[np.sort(order[:held])]), None,
                             s.source)
 
 

@@ -9,6 +9,11 @@ import torch
 from torch.utils.data import Dataset
 
 
+def to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` images as float ``(N, 3, H, W)`` in [-1, 1], what the models take."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
 @dataclass(frozen=True)
 class ImageSet:
     """Images as uint8 ``(N, H, W, 3)`` with integer labels and domain ids."""
@@ -42,8 +47,7 @@ class ImageSet:
     def tensors(self, idx: np.ndarray | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (all, or those at ``idx``) as float ``(N, 3, H, W)`` in [-1, 1], labels as int64."""
         images, labels = (self.images, self.labels) if idx is None else (self.images[idx], self.labels[idx])
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        return x, torch.from_numpy(labels.astype(np.int64))
+        return to_float(images), torch.from_numpy(labels.astype(np.int64))
 
     def batches(self) -> Dataset:
         """A dataset indexed by lists of indices: each batch is made float when it is drawn, so a large set stays
