@@ -12,15 +12,27 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass
 
-from flwr.app import RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
 UP, DOWN = "up", "down"
 CLIENT_SERVER = "client-server"
 
 
+def _value_bytes(value) -> int:
+    if isinstance(value, list):
+        return sum(_value_bytes(v) for v in value)
+    if isinstance(value, bool):
+        return 1
+    return len(value) if isinstance(value, str | bytes) else 8
+
+
 def record_bytes(content: RecordDict) -> int:
-    """Bytes carried by a message's records (arrays, metrics, configs), keys included."""
-    return sum(len(key) + record.count_bytes() for key, record in content.items())
+    """Bytes carried by a message's records (arrays, metrics, configs), keys included. A ConfigRecord is counted by
+    Flower's own rule (8 bytes a number, 1 a bool, the length of a string or bytes), here, because Flower's
+    ``count_bytes`` fails on an empty string or list (SecAgg+ sends both)."""
+    return sum(len(key) + (sum(len(k) + _value_bytes(v) for k, v in record.items())
+                           if isinstance(record, ConfigRecord) else record.count_bytes())
+               for key, record in content.items())
 
 
 @dataclass(frozen=True)

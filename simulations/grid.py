@@ -2,7 +2,8 @@
 
 Every strategy talks to clients through the Grid, so what is done here covers Flower's own strategies unchanged:
 - every message each way is counted in the run's ByteLedger;
-- every reply is checked with :func:`fedgen.validation.check_reply`; an error reply, a rejected reply or a missing
+- every reply is checked with :func:`fedgen.validation.check_reply` (a SecAgg+ stage reply by the protocol itself,
+  which holds only masked vectors and key material); an error reply, a rejected reply or a missing
   one (timeout) is logged and recorded in ``failures`` and never reaches the strategy;
 - node ids are random per run; ordering nodes (and replies) by partition id makes seeded client sampling and
   aggregation order reproducible.
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from logging import getLogger
 
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.serverapp import Grid
 
 from fedgen.comm import DOWN, UP, ByteLedger, record_bytes
@@ -37,7 +39,12 @@ PROCESS_DIED = "client process died"
 
 
 def _round(message: Message) -> int:
-    return int(message.content.config_records.get("config", ConfigRecord()).get(SERVER_ROUND, 0))
+    """The round a message belongs to: its config's, or for SecAgg+'s stages the workflow's group id."""
+    config = message.content.config_records.get("config", ConfigRecord())
+    if SERVER_ROUND in config:
+        return int(config[SERVER_ROUND])
+    group = message.metadata.group_id
+    return int(group) if group.isdigit() else 0
 
 
 def never_ran(reason: str) -> bool:
@@ -180,11 +187,7 @@ class AccountedGrid(Grid):
                     self._fail(rnd, src, kind, describe_client_error(r.error.reason))
                     continue
                 self._account(rnd, src, UP, r.content, kind)
-                limits = self.max_examples.get(self._client(src), {})
-                problems = check_reply(out.content, r.content, kind, limits.get(kind.split(".")[0]))
-                problems += self._claims(src, r.content)
-                if not problems and kind in self.checks:
-                    problems = self.checks[kind](out.content, r.content)
+                problems = [] if RECORD_KEY_CONFIGS in out.content.config_records else self._problems(src, out, r)
                 if problems:
                     self._fail(rnd, src, kind, "invalid reply: " + "; ".join(problems))
                     continue
@@ -209,6 +212,16 @@ class AccountedGrid(Grid):
             else:
                 kept.append(r)
         return sorted(kept, key=lambda r: (self._client(r.metadata.src_node_id), r.metadata.src_node_id))
+
+    def _problems(self, src: int, out: Message, reply: Message) -> list[str]:
+        """What is wrong with a reply (SecAgg+'s stage replies are the protocol's to check, not these)."""
+        kind = out.metadata.message_type
+        limits = self.max_examples.get(self._client(src), {})
+        problems = check_reply(out.content, reply.content, kind, limits.get(kind.split(".")[0]))
+        problems += self._claims(src, reply.content)
+        if not problems and kind in self.checks:
+            problems = self.checks[kind](out.content, reply.content)
+        return problems
 
     def _claims(self, node_id: int, reply: RecordDict) -> list[str]:
         """A reply may name its own partition only: the node's partition is the one it gave at discovery."""

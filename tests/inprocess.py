@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -67,8 +68,8 @@ class InProcessGrid(Grid):
             start = time.monotonic()
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # the SuperLink would set it
             self.delivered.append(msg)
-            try:
-                reply = self.app(msg, self.contexts[msg.metadata.dst_node_id])
+            try:  # the client gets its own copy, as over the wire (a server may send one content to many nodes)
+                reply = self.app(message_from_proto(message_to_proto(msg)), self.contexts[msg.metadata.dst_node_id])
             except Exception as err:  # noqa: BLE001 - a failing client becomes an error reply, as in Flower
                 reply = Message(Error(code=CLIENT_ERROR_CODE, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
             if timeout is None or time.monotonic() - start <= timeout:
