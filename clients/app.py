@@ -2,6 +2,7 @@
 
 'query' (every run's partition query) goes to :func:`clients.common.query`; every other message type to the role
 a registered method declares (e.g. 'train' -> clients.finetune:train, 'train.encode' -> clients.encode:encode).
+A 'train' message that carries a SecAgg+ stage goes to :mod:`clients.secure` instead.
 A role's module is imported on its first message, so a client only loads what its run's method uses.
 """
 
@@ -27,13 +28,24 @@ def _lazy(target: str) -> Callable[[Message, Context], Message]:
     return role
 
 
+def _or_secagg(role: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    def route(msg: Message, context: Context) -> Message:
+        from clients import secure
+
+        return secure.answer(msg, context) if secure.is_secagg(msg) else role(msg, context)
+
+    route.__name__ = role.__name__
+    return route
+
+
 def build_app(roles: dict[str, str] | None = None) -> ClientApp:
     """A ClientApp answering ``roles`` (message type -> 'module:function'; default: every registered method's)."""
     client = ClientApp()
     routes = {MessageType.QUERY: QUERY_ROLE, **(strategies.client_roles() if roles is None else roles)}
     for mtype, target in routes.items():
         category, _, action = mtype.partition(".")
-        getattr(client, category)(action or "default")(_lazy(target))
+        role = _or_secagg(_lazy(target)) if mtype == MessageType.TRAIN else _lazy(target)
+        getattr(client, category)(action or "default")(role)
     return client
 
 

@@ -1,7 +1,7 @@
 """Names that cross the Grid, shared by the server and the clients: one home for each.
 
-Message types are Flower's ('train', 'evaluate', 'query') plus OSCAR's 'train.encode' and the diffusion task's
-'train.diffusion'. Config keys travel in a
+Message types are Flower's ('train', 'evaluate', 'query') plus OSCAR's 'train.encode', the diffusion task's
+'train.diffusion' and GPT-FL's 'query.labels'. Config keys travel in a
 message's ConfigRecord 'config'; metric keys in a reply's MetricRecord 'metrics'.
 """
 
@@ -11,6 +11,8 @@ ENCODE = f"{MessageType.TRAIN}.encode"
 """OSCAR's upload of category encodings."""
 DIFFUSION_TRAIN = f"{MessageType.TRAIN}.diffusion"
 """Local training of the image diffusion model (task=diffusion)."""
+LABELS = f"{MessageType.QUERY}.labels"
+"""GPT-FL's plain label collection: the client's label names."""
 
 # --- config keys (server -> client) -------------------------------------------------------------------------------
 EXPERIMENT = "experiment"
@@ -28,6 +30,12 @@ FEDDYN_ALPHA = "feddyn-alpha"
 FEDDYN_MEAN_EXAMPLES = "feddyn-mean-examples"
 """Sent when FedDyn scales alpha by each client's data share: the mean training-set size over the federation."""
 MOON_MU, MOON_TAU = "moon-mu", "moon-tau"
+IBLT_SPEC = "iblt-spec"
+"""GPT-FL's private label collection: the IBLT layout (capacity, prime, key bytes, chunk bytes, seed)."""
+SECURE_ROLE = "secure-role"
+"""Under SecAgg+: what the client computes and masks ('train', or a registered method's secure role)."""
+SECURE_KEYS = "secure-keys"
+"""Under SecAgg+ with 'train': the model's array keys, in the order of the arrays the legacy FitIns carries."""
 MODEL_NAME = "model-name"
 """The architecture of the model a message carries, where clients train different ones (FedDF); absent: the
 experiment's model.name."""
@@ -46,6 +54,8 @@ NUM_EXAMPLES = "num-examples"
 """Flower's weighting key: a train reply's training examples, an evaluate reply's test examples."""
 NUM_TEST_EXAMPLES = "num-test-examples"
 """The query reply: the size of the client's local test split (what an evaluate reply may report)."""
+LABEL_NAMES = "label-names"
+"""A 'query.labels' reply's ConfigRecord key: the names of the classes the client holds."""
 LABEL_HISTOGRAM = "label-histogram"
 """A query fact: training examples per class."""
 TRAIN_LOSS = "train-loss"
