@@ -71,15 +71,18 @@ def fit(
     penalties: list[Penalty] = (),
     step_size: int | None = None,
     gamma: float = 0.1,
+    cosine: bool = False,
 ) -> TrainResult:
     """Cross-entropy SGD plus any penalty terms; with ``step_size``, the learning rate is multiplied by ``gamma``
-    every ``step_size`` epochs (StepLR)."""
+    every ``step_size`` epochs (StepLR); with ``cosine``, it is annealed to 0 over the epochs (CosineAnnealingLR)."""
     if len(data) == 0:
         raise ValueError("cannot train on an empty dataset")
     # the only randomness is the shuffle, drawn from the loader's own generator: the process-wide RNG is left alone
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size, gamma) if step_size else None
+    if cosine:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     loss_fn = nn.CrossEntropyLoss()
     total, seen, steps, lr_sum = 0.0, 0, 0, 0.0
     for epoch in range(epochs):

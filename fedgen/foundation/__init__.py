@@ -149,7 +149,7 @@ class Generator:
         prompt_embeds: torch.Tensor,
         per_embedding: int,
         steps: int,
-        guidance_scale: float,
+        guidance_scale: float | np.ndarray,
         size: int,
         batch_size: int,
         seed: int,
@@ -157,30 +157,35 @@ class Generator:
         out_size: int | None = None,
     ) -> np.ndarray:
         """``per_embedding`` images for each of the (K, seq, hidden) embeddings: uint8 (K * per_embedding, H, W, 3),
-        ordered embedding by embedding. Classifier-free guidance runs against the empty prompt. With ``out_size``,
-        each batch is resized (bilinear, antialiased) to out_size x out_size as it is generated, so a large
-        synthetic set is never held at the generator's resolution."""
+        ordered embedding by embedding. Classifier-free guidance runs against the empty prompt, at one scale or at a
+        scale per image (an array of K * per_embedding; images of one scale are batched together). With
+        ``out_size``, each batch is resized (bilinear, antialiased) to out_size x out_size as it is generated, so a
+        large synthetic set is never held at the generator's resolution."""
         jobs = prompt_embeds.repeat_interleave(per_embedding, dim=0)
+        scales = np.broadcast_to(np.asarray(guidance_scale, dtype=np.float64), (len(jobs),))
+        batches = [idx[start:start + batch_size]
+                   for scale in np.unique(scales) for idx in [np.flatnonzero(scales == scale)]
+                   for start in range(0, len(idx), batch_size)]
         negative = self.empty_embedding()
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        images = []
-        for start in tqdm(range(0, len(jobs), batch_size), desc="generating", disable=not progress, mininterval=2):
-            batch = jobs[start : start + batch_size].to(self.device, self.dtype)
+        images = np.zeros((len(jobs), out_size or size, out_size or size, 3), dtype=np.uint8)
+        for idx in tqdm(batches, desc="generating", disable=not progress, mininterval=2):
+            batch = jobs[torch.from_numpy(idx)].to(self.device, self.dtype)
             latents = torch.randn(
                 (len(batch), self.pipe.unet.config.in_channels, size // self.pipe.vae_scale_factor,
                  size // self.pipe.vae_scale_factor), generator=gen,
             ).to(self.device, self.dtype)
             out = self.pipe(
                 prompt_embeds=batch, negative_prompt_embeds=negative.expand(len(batch), -1, -1).to(self.dtype),
-                num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size,
+                num_inference_steps=steps, guidance_scale=float(scales[idx[0]]), height=size, width=size,
                 latents=latents, output_type="np",
             ).images
             if out_size and out_size != size:
                 t = torch.from_numpy(np.ascontiguousarray(out)).float().permute(0, 3, 1, 2)
                 t = torch.nn.functional.interpolate(t, size=(out_size, out_size), mode="bilinear", antialias=True)
                 out = t.permute(0, 2, 3, 1).numpy()
-            images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
-        return np.concatenate(images)
+            images[idx] = (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+        return images
 
 
 @lru_cache(maxsize=2)
