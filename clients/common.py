@@ -19,9 +19,9 @@ from fedgen.wire import (
 )
 
 
-def experiment(msg: Message) -> ExperimentConfig:
-    """The experiment config the server sent (JSON under config['experiment'])."""
-    config: ConfigRecord = msg.content.config_records.get("config", ConfigRecord())
+def experiment(msg: Message | ConfigRecord) -> ExperimentConfig:
+    """The experiment config the server sent (JSON under config['experiment']), from a message or its config."""
+    config = msg if isinstance(msg, ConfigRecord) else msg.content.config_records.get("config", ConfigRecord())
     if EXPERIMENT not in config:
         raise ValueError(f"message has no config['{EXPERIMENT}']: the server must send the experiment config")
     return ExperimentConfig.from_json(str(config[EXPERIMENT]))

@@ -135,7 +135,11 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
             ledger.restore(ckpt["ledger"])
             checkpoint.set_rng_state(ckpt["rng"])
         else:
-            after_round(0, arrays, {})
+            extras = {}
+            if method.prepare:
+                arrays, extras = method.prepare(ctx, strategy, grid, arrays)
+                recorder.extras[cfg.strategy.name] = {k.split("/", 1)[-1]: v for k, v in extras.items()}
+            after_round(0, arrays, extras)
         arrays = run_rounds(
             strategy, grid, arrays, first_round, cfg.rounds, train_config=config, evaluate_config=config,
             timeout=cfg.strategy.round_timeout_s, min_train_replies=cfg.strategy.min_train_clients,

@@ -15,7 +15,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from flwr.app import MessageType
+from flwr.app import ArrayRecord, MessageType
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
 from torch import nn
 
@@ -29,6 +30,7 @@ from fedgen.config import (
     FedDynConfig,
     FedProxConfig,
     FedYogiConfig,
+    GptFLConfig,
     LocalConfig,
     MoonConfig,
     OscarConfig,
@@ -41,7 +43,7 @@ from fedgen.fedeval import aggregate_evaluations
 from fedgen.models import build_model
 from fedgen.tasks import ClassifierTask, Task
 from fedgen.train import Penalty, TrainResult, train
-from fedgen.wire import DIFFUSION_TRAIN, ENCODE
+from fedgen.wire import DIFFUSION_TRAIN, ENCODE, LABELS
 from strategies.retyped import for_task
 
 Trainer = Callable[[nn.Module, ImageSet, int, int, list[Penalty]], TrainResult]
@@ -158,6 +160,9 @@ class Method:
     roles: Mapping[str, str] = field(default_factory=dict)
     """Message type -> the client role that answers it, as 'module:function', beyond its task's roles. Every client
     also answers the partition query ('query', :func:`clients.common.query`)."""
+    secure_roles: Mapping[str, str] = field(default_factory=dict)
+    """Name -> 'module:function' of what a client computes only under SecAgg+ (:mod:`clients.secure`): a function
+    (config, context) -> list of integer arrays, summed securely."""
     query: tuple[str, ...] = ()
     """Client facts the server's algorithm uses, asked before round 1 beside the partition id and the example
     counts every run needs (e.g. wire.LABEL_HISTOGRAM)."""
@@ -174,6 +179,10 @@ class Method:
     initial: Callable[[RunContext], dict[str, torch.Tensor]] = _initial
     """The global arrays the run starts from, drawn first after seeding (every method of a task starts from the
     same model)."""
+    prepare: Callable[[RunContext, Strategy, Grid, ArrayRecord], tuple[ArrayRecord, dict]] | None = None
+    """A phase before round 1 that may talk to the clients (after the partition query) and gives the model round 0
+    scores, with metrics for round 0's row (GPT-FL's label collection, generation and pre-training). A resumed run
+    does not repeat it."""
 
     @property
     def name(self) -> str:
@@ -205,6 +214,11 @@ def client_roles() -> dict[str, str]:
     return roles | {mtype: target for m in METHODS.values() for mtype, target in m.roles.items()}
 
 
+def secure_roles() -> dict[str, str]:
+    """Name -> 'module:function', over every registered method's secure roles."""
+    return {name: target for m in METHODS.values() for name, target in m.secure_roles.items()}
+
+
 def build_strategy(ctx: RunContext) -> Strategy:
     return method(ctx.cfg.strategy.name).build(ctx)
 
@@ -220,7 +234,7 @@ def flower(cls: type[Strategy], **kwargs) -> Callable[[RunContext], Strategy]:
 
 
 def _register_builtins() -> None:
-    from strategies import centralized, feddf, feddyn, fedopt, local, moon, oscar, scaffold
+    from strategies import centralized, feddf, feddyn, fedopt, gptfl, local, moon, oscar, scaffold
 
     for m in (
         Method(FedAvgConfig, flower(FedAvg)),
@@ -231,6 +245,9 @@ def _register_builtins() -> None:
         Method(ScaffoldConfig, scaffold.build, checkpoint=True),
         Method(MoonConfig, moon.build, checkpoint=True),
         Method(FedDFConfig, feddf.build, task=feddf.GroupsTask, initial=feddf.initial),
+        Method(GptFLConfig, gptfl.build, foundation=True, checkpoint=True, prepare=gptfl.prepare,
+               reply_checks=gptfl.GptFL.reply_checks, roles={LABELS: "clients.gptfl:labels"},
+               secure_roles={gptfl.TABLE_ROLE: "clients.gptfl:label_table"}),
         Method(OscarConfig, oscar.build, foundation=True, reply_checks=oscar.Oscar.reply_checks,
                roles={ENCODE: "clients.encode:encode", MessageType.EVALUATE: FINETUNE[MessageType.EVALUATE]}),
         Method(LocalConfig, local.LocalOnly.build, federated=False, checkpoint=True, task=local.LocalTask),

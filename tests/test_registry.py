@@ -151,13 +151,16 @@ EXPECTED_KEYS = {
 for _name in ("fedprox", "feddyn", "scaffold", "moon", "fedadam", "fedyogi", "feddf"):  # the model (and SCAFFOLD's
     # control; FedDF's of the client's architecture)
     EXPECTED_KEYS[_name] = EXPECTED_KEYS["fedavg"]
+EXPECTED_KEYS["gptfl"] = {**EXPECTED_KEYS["fedavg"], "query.labels": {"label-count"}}  # beside the label names, or
+# labels=private: only SecAgg+'s records (tests/test_gptfl.py)
 
 
 def test_every_federated_method_declares_what_its_clients_send():
     assert set(EXPECTED_KEYS) == {n for n, m in strategies.METHODS.items() if m.federated}
 
 
-@pytest.mark.parametrize("name", sorted(set(EXPECTED_KEYS) - {"scaffold", "moon"}))  # those: tests/test_baselines.py
+@pytest.mark.parametrize("name", sorted(set(EXPECTED_KEYS) - {"scaffold", "moon", "gptfl"}))  # those: test_baselines.py
+# and test_gptfl.py
 def test_only_what_a_method_needs_leaves_a_client(name, tiny_cfg, tiny_models, tmp_path):
     extra = {}
     if name == "oscar":
