@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/fedgen-ray
 export MPLBACKEND ?= Agg
 
-.PHONY: install run test test-fast compare compare-ci ci-baseline compare-diffusion compare-baselines compare-feddf bench deploy-up deploy-down lint clean
+.PHONY: install run test test-fast compare compare-ci ci-baseline compare-diffusion compare-baselines compare-feddf compare-gptfl bench deploy-up deploy-down lint clean
 
 install: $(STAMP)
 
@@ -53,6 +53,11 @@ compare-feddf: install   ## FedAvg vs FedDF at Dirichlet 0.1 and 1 (3 seeds), th
 	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf_hetero.yaml --out runs/compare-feddf-hetero
 	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf_alpha1.yaml --out runs/compare-feddf-alpha1
 	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf_sources.yaml --out runs/compare-feddf-sources
+
+compare-gptfl: install   ## FedAvg vs GPT-FL over 50 clients at Dirichlet 0.1 (also 1 client a round) and 0.5, 3 seeds
+	@mkdir -p $(RAY_TMPDIR)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_gptfl.yaml --out runs/compare-gptfl
+	$(VENV)/bin/fedgen compare simulations/configs/suite_gptfl_alpha05.yaml --out runs/compare-gptfl-alpha05
 
 bench: install   ## figures into bench/results/<name>.json: make bench [BENCH="overhead scale ..."]
 	@mkdir -p $(RAY_TMPDIR)

@@ -37,11 +37,13 @@ def _tier_bytes(summary: dict) -> dict[str, float]:
             for d in ("up", "down")}
 
 
-def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], machine: str) -> str:
+def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], machine: str,
+                 target: str | None = None) -> str:
     """runs: method label -> seed -> run folder (holding summary.json and rounds.jsonl). Returns the Markdown.
 
     Methods are sorted by their final headline metric, best first (its direction from the runs' summaries); every
-    method of a comparison must be scored by the same metric.
+    method of a comparison must be scored by the same metric. With ``target`` (a method label), a second table gives
+    the rounds and bytes each method took to reach that method's final score.
     """
     summaries = {label: {seed: json.loads((d / "summary.json").read_text()) for seed, d in by_seed.items()}
                  for label, by_seed in runs.items()}
@@ -99,6 +101,9 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
             + "".join(f" {_cell(_mb(a[t][0]), _mb(a[t][1]), n, '.2f')} |" for t in tiers)
             + f" {_cell(*a['wall_seconds'], n, '.1f')} |"
         )
+    if target is not None and target in summaries:
+        lines += _target_table(runs, {seed: s["final"] for seed, s in summaries[target].items()}, target, name,
+                               higher, [label for label, _, _ in rows])
     lines += _calibration(first, read_rounds(next(iter(next(iter(runs.values())).values()))), name)
     md = "\n".join(lines) + "\n"
     (out_dir / "report.md").write_text(md)
@@ -106,6 +111,33 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
     plot_lines(out_dir / f"{name}.png", curves, "round", ylabel, title)
     _plot_bytes(out_dir / f"bytes_vs_{name}.png", points, name, title)
     return md
+
+
+def to_target(rows: list[dict], name: str, target: float, higher: bool) -> tuple[int, float] | None:
+    """The first round whose score reaches ``target``, and the bytes (up + down) moved up to and including it (all
+    traffic: round 0's partition query and any set-up exchange too); None if no round does."""
+    moved = 0.0
+    for r in rows:
+        moved += r["bytes_up"] + r["bytes_down"]
+        score = r.get(name)
+        if score is not None and (score >= target if higher else score <= target):
+            return r["round"], moved
+    return None
+
+
+def _target_table(runs: dict[str, dict[int, Path]], targets: dict[int, float], target: str, name: str,
+                  higher: bool, order: list[str]) -> list[str]:
+    lines = ["", f"Rounds and bytes to reach {target}'s final {name} of the same seed "
+                 f"({', '.join(f'{targets[s]:.4f}' for s in sorted(targets))}); mean ± std over the seeds that "
+                 "reach it; bytes are all traffic up to and including that round.", "",
+             "| method | seeds reaching it | rounds | MB (up + down) |", "| --- | --- | --- | --- |"]
+    for label in order:
+        seeds = [s for s in runs[label] if s in targets]
+        hits = [h for s in seeds if (h := to_target(read_rounds(runs[label][s]), name, targets[s], higher))]
+        rounds, mb = np.array([r for r, _ in hits], float), np.array([_mb(b) for _, b in hits])
+        cells = [_cell(x.mean(), x.std(), len(hits), fmt) if hits else "-" for x, fmt in ((rounds, ".1f"), (mb, ".2f"))]
+        lines.append(f"| {label} | {len(hits)} of {len(seeds)} | {cells[0]} | {cells[1]} |")
+    return lines
 
 
 def _calibration(summary: dict, rows: list[dict], name: str) -> list[str]:

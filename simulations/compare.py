@@ -65,7 +65,7 @@ def compare(suite_path: str | Path, out_dir: str | Path, verbose: bool = False, 
                     problems.append(f"{label} seed {seed}: final accuracy {summary['final']:.4f} is at chance "
                                     f"(<= {2 * chance:.2f})")
     if done:
-        md = write_report(out_dir, suite.name, done, machine_description())
+        md = write_report(out_dir, suite.name, done, machine_description(), target=suite.target)
         print(md)
         print(f"report: {(out_dir / 'report.md').resolve()}")
         if baseline is not None:

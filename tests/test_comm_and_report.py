@@ -5,7 +5,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedgen.comm import DOWN, UP, ByteLedger, record_bytes
-from fedgen.report import aggregate, write_report
+from fedgen.report import aggregate, to_target, write_report
 
 
 def test_record_bytes_counts_payload_and_keys():
@@ -65,6 +65,28 @@ def test_report_from_run_folders(tmp_path):
     for name in ("report.md", "report.csv", "accuracy.png", "bytes_vs_accuracy.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert len((tmp_path / "report.csv").read_text().splitlines()) == 5
+
+
+def test_rounds_and_bytes_to_a_target_count_all_traffic_up_to_that_round(tmp_path):
+    rows = [{"round": 0, "accuracy": 0.1, "bytes_up": 5, "bytes_down": 1},
+            {"round": 1, "accuracy": None, "bytes_up": 10, "bytes_down": 10},
+            {"round": 2, "accuracy": 0.8, "bytes_up": 10, "bytes_down": 10}]
+    assert to_target(rows, "accuracy", 0.8, higher=True) == (2, 46)
+    assert to_target(rows, "accuracy", 0.1, higher=True) == (0, 6)  # reached before any training round
+    assert to_target(rows, "accuracy", 0.9, higher=True) is None
+    assert to_target(rows, "accuracy", 0.5, higher=False) == (0, 6)
+    runs = {}
+    for label, curve in [("Ref", [0.1, 0.5, 0.6]), ("Fast", [0.7, 0.8, 0.9])]:
+        d = tmp_path / label
+        d.mkdir()
+        summary = {"status": "finished", "metric": {"name": "accuracy", "higher_is_better": True},
+                   "final": curve[-1], "best": max(curve), "bytes_up": 3e6, "bytes_down": 3e6, "wall_seconds": 1.0}
+        (d / "summary.json").write_text(json.dumps(summary))
+        (d / "rounds.jsonl").write_text("\n".join(json.dumps({"round": r, "accuracy": a, "bytes_up": 1e6,
+                                                               "bytes_down": 1e6}) for r, a in enumerate(curve)))
+        runs[label] = {0: d}
+    md = write_report(tmp_path, "t", runs, "m", target="Ref")
+    assert "| Fast | 1 of 1 | 0.0 | 2.00 |" in md and "| Ref | 1 of 1 | 2.0 | 6.00 |" in md
 
 
 def test_a_column_only_some_methods_report_shows_a_dash_for_the_others(tmp_path):

@@ -66,14 +66,19 @@ def test_json_round_trip():
 
 def test_suites_validate_every_run_up_front(tmp_path):
     suite, runs = load_suite(f"{CONFIGS}/suite_default.yaml")
-    assert set(runs) == {"Local", "FedAvg", "FedDyn", "Centralized", "OSCAR", "FedDF"}
-    assert {r[0].strategy.name for r in runs.values()} == {"local", "fedavg", "feddyn", "centralized", "oscar", "feddf"}
+    assert set(runs) == {"Local", "FedAvg", "FedDyn", "Centralized", "OSCAR", "FedDF", "GPT-FL"}
+    assert {r[0].strategy.name for r in runs.values()} == {"local", "fedavg", "feddyn", "centralized", "oscar", "feddf",
+                                                           "gptfl"}
+    assert suite.target == "FedAvg"
     assert runs["OSCAR"][0].rounds == 1 and runs["OSCAR"][0].foundation.profile == "embedded"
     (tmp_path / "base.yaml").write_text("rounds: 2\n")
     (tmp_path / "suite.yaml").write_text("base: base.yaml\nseeds: [0, 1]\nmethods:\n  A: [strategy.name=fedavg]\n"
                                          "  B: [strategy.proximal_mu=-1]\n")
     with pytest.raises(ConfigError, match="(?s)method 'B' seed 0.*strategy.proximal_mu"):
         load_suite(tmp_path / "suite.yaml")
+    (tmp_path / "target.yaml").write_text("base: base.yaml\ntarget: C\nmethods:\n  A: [strategy.name=fedavg]\n")
+    with pytest.raises(ConfigError, match="target 'C' is not one of the methods"):
+        load_suite(tmp_path / "target.yaml")
 
 
 def test_a_method_may_bring_its_own_yaml_but_not_other_data(tmp_path):
