@@ -138,8 +138,11 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
             extras = {}
             if method.prepare:
                 arrays, extras = method.prepare(ctx, strategy, grid, arrays)
-                recorder.extras[cfg.strategy.name] = {k.split("/", 1)[-1]: v for k, v in extras.items()}
             after_round(0, arrays, extras)
+        if method.prepare:  # its figures in the summary too, from round 0's row (which a resumed run read back)
+            prefix = f"{cfg.strategy.name}/"
+            recorder.extras[cfg.strategy.name] = {k.removeprefix(prefix): v for k, v in recorder.rows[0].items()
+                                                  if k.startswith(prefix)}
         arrays = run_rounds(
             strategy, grid, arrays, first_round, cfg.rounds, train_config=config, evaluate_config=config,
             timeout=cfg.strategy.round_timeout_s, min_train_replies=cfg.strategy.min_train_clients,

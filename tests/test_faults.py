@@ -115,27 +115,33 @@ def _interrupted_in_round_3(strategy, cfg, out, monkeypatch):
 
         monkeypatch.setattr(LocalOnly, "aggregate_train", dying)
         grid = InProcessGrid(app, cfg.data.num_clients)
-    else:  # exchange 1 is the partition query, then one training exchange per round
-        grid = InterruptingGrid(app, cfg.data.num_clients, die_at_call=4)
+    else:  # exchange 1 is the partition query (GPT-FL's: then its label query), then one training exchange per round
+        grid = InterruptingGrid(app, cfg.data.num_clients, die_at_call=5 if strategy == "gptfl" else 4)
     with pytest.raises(Interrupt):
         run_experiment(grid, cfg, out)
     monkeypatch.undo()
 
 
-@pytest.mark.parametrize("strategy", ["feddyn", "scaffold", "moon", "fedadam", "feddf", "local", "moon-diffusion"])
-def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tiny_cfg, tmp_path, monkeypatch):
+@pytest.mark.parametrize("strategy", ["feddyn", "scaffold", "moon", "fedadam", "feddf", "gptfl", "local",
+                                      "moon-diffusion"])
+def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tiny_cfg, tiny_models, tmp_path,
+                                                                   monkeypatch):
     """The strategy's state and the clients' (FedDyn's g_k, SCAFFOLD's c and c_i, MOON's previous models, FedAdam's
-    moments; FedDF's groups and seeded distillation) survive an interruption in round 3: the resumed run ends where
-    the whole one did."""
+    moments; FedDF's groups and seeded distillation; GPT-FL's pre-trained start, not made again) survive an
+    interruption in round 3: the resumed run ends where the whole one did."""
     from clients.app import app
 
     name, _, task = strategy.partition("-")
     diffusion = dict(task="diffusion", diffusion={"unet": "tiny", "image_size": 16, "batch_size": 64},
                      evaluation={"samples_per_class": 2, "sampling_steps": 2, "every": 2, "reference_epochs": 1,
                                  "cache_dir": str(tmp_path / "ref")}) if task else {}
-    own = {"architectures": ["cnn", "resnet8"], "max_steps": 10, "eval_every": 5} if name == "feddf" else {}
+    own = {"feddf": {"architectures": ["cnn", "resnet8"], "max_steps": 10, "eval_every": 5},
+           "gptfl": {"labels": "plain", "images_per_class": 3, "pretrain_epochs": 1}}.get(name, {})
+    foundation = {"foundation": {"profile": "pretrained", "generator": {"path": str(tiny_models / "sd"), "steps": 2,
+                                                                       "size": 32}}} if name == "gptfl" else {}
     cfg = tiny_cfg(rounds=3, data={"num_clients": 4},
-                   strategy={"name": name, "fraction_train": 0.5, "min_train_clients": 2, **own}, **diffusion)
+                   strategy={"name": name, "fraction_train": 0.5, "min_train_clients": 2, **own}, **diffusion,
+                   **foundation)
     whole = run_experiment(InProcessGrid(app, 4), cfg, tmp_path / "whole")
     _interrupted_in_round_3(name, cfg, tmp_path / "broke", monkeypatch)
     cut = json.loads((tmp_path / "broke" / "summary.json").read_text())
@@ -152,6 +158,8 @@ def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tin
     rows = [json.loads(r) for r in (tmp_path / "broke" / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     assert resumed["final"] == whole["final"] and resumed["status"] == "finished"
+    if name == "gptfl":  # round 0's figures, read back from its row
+        assert resumed["gptfl"] == whole["gptfl"] and resumed["gptfl"]["synthetic-images"] == 30
     if task:  # a generative run: FID, lower is better, scored in rounds 0, 2 and 3
         assert resumed["metric"]["higher_is_better"] is False and resumed["final_scores"] == whole["final_scores"]
         assert [r[resumed["metric"]["name"]] is None for r in rows] == [False, True, False, False]
