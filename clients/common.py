@@ -40,7 +40,7 @@ def partition_id(context: Context, cfg: ExperimentConfig) -> int:
     return pid
 
 
-def client_data(msg: Message, context: Context) -> tuple[ExperimentConfig, Federation, int]:
+def client_data(msg: Message | ConfigRecord, context: Context) -> tuple[ExperimentConfig, Federation, int]:
     cfg = experiment(msg)
     return cfg, load_federation(cfg.data, cfg.seed), partition_id(context, cfg)
 

@@ -9,10 +9,9 @@ import json
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from clients.common import client_data, experiment, partition_id
+from clients.common import client_data
 from clients.secure import require_secagg
 from fedgen import gptfl
-from fedgen.data import load_federation
 from fedgen.privacy import iblt
 from fedgen.wire import IBLT_SPEC, LABEL_NAMES
 
@@ -31,9 +30,7 @@ def labels(msg: Message, context: Context) -> Message:
 def label_table(config: ConfigRecord, context: Context) -> list[np.ndarray]:
     """The IBLT of this client's label names, in the layout the server sent; only ever sent masked."""
     require_secagg("the IBLT of a client's labels")
-    cfg = experiment(config)
-    fed = load_federation(cfg.data, cfg.seed)
-    data, _ = fed.client(partition_id(context, cfg))
-    capacity, prime, key_bytes, chunk_bytes, seed = (int(v) for v in json.loads(str(config[IBLT_SPEC])))
-    spec = iblt.Spec(capacity, prime, key_bytes, chunk_bytes, seed)
-    return [gptfl.table_of(gptfl.label_names(data.labels, fed.class_names), spec)]
+    _, fed, pid = client_data(config, context)
+    data, _ = fed.client(pid)
+    spec = iblt.Spec(*(int(v) for v in json.loads(str(config[IBLT_SPEC]))))
+    return [iblt.encode(gptfl.label_names(data.labels, fed.class_names), spec)]

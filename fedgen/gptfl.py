@@ -1,6 +1,6 @@
 """GPT-FL's plain functions: the label names a client holds, prompts per label (templates, optionally a
-text-generation model), the synthetic set's plan (prompt and guidance scale per image), and the label union from
-plain replies or a peeled IBLT."""
+text-generation model), the synthetic set's plan (prompt and guidance scale per image), and the label union of
+plain replies (the form peeling the summed IBLT of :mod:`fedgen.privacy.iblt` gives)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-
-from fedgen.privacy import iblt
 
 
 def label_names(labels: np.ndarray, class_names: Sequence[str]) -> list[str]:
@@ -20,11 +18,6 @@ def label_names(labels: np.ndarray, class_names: Sequence[str]) -> list[str]:
 def union(label_sets: Iterable[Iterable[str]]) -> dict[str, int]:
     """Label -> how many clients hold it (what the plain mode gathers, and what peeling the summed IBLT gives)."""
     return dict(Counter(name for names in label_sets for name in set(names)))
-
-
-def table_of(names: Iterable[str], spec: iblt.Spec) -> np.ndarray:
-    """A client's IBLT of its label names."""
-    return iblt.encode(names, spec)
 
 
 def class_ids(labels: Iterable[str], class_names: Sequence[str]) -> list[int]:

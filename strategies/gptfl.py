@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 import torch
@@ -140,7 +140,7 @@ def collect_private(ctx, grid: Grid) -> tuple[dict[str, int], int]:
     def summed(spec: iblt.Spec) -> np.ndarray:
         config = ConfigRecord({
             EXPERIMENT: ctx.cfg.to_json(), SECURE_ROLE: TABLE_ROLE,
-            IBLT_SPEC: json.dumps([spec.capacity, spec.prime, spec.key_bytes, spec.chunk_bytes, spec.seed]),
+            IBLT_SPEC: json.dumps(astuple(spec)),
         })
         total = secagg.secure_sum(grid, nodes, config, spec.prime, s.secagg_shares, s.secagg_threshold,
                                   s.round_timeout_s)

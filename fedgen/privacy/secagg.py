@@ -54,6 +54,9 @@ def _run(grid: Grid, node_ids: Sequence[int], config: ConfigRecord, parameters: 
          workflow: SecAggPlusWorkflow, server_round: int) -> tuple[list[np.ndarray], int]:
     """One run of SecAgg+ over ``node_ids``, sending them ``parameters`` and ``config`` (a legacy FitIns): the
     unmasked aggregate (the weighted mean SecAgg+ computes) and how many clients it covers."""
+    if len(node_ids) < 2:
+        raise SecureAggregationError(f"round {server_round}: secure aggregation needs at least 2 clients, got "
+                                     f"{len(node_ids)}")
     captured: dict = {}
     proxies = [GridClientProxy(n, grid, 0) for n in node_ids]
     ins = FitIns(ndarrays_to_parameters(parameters), dict(config))
@@ -86,8 +89,6 @@ def secure_sum(grid: Grid, node_ids: Sequence[int], config: ConfigRecord, bound:
                reconstruction_threshold: float, timeout: float | None, server_round: int = 0) -> SecureSum:
     """Sum the vectors of ``node_ids`` (each computes its own from ``config``, every value in [0, bound)) under
     SecAgg+, exactly."""
-    if len(node_ids) < 2:
-        raise SecureAggregationError(f"secure aggregation needs at least 2 clients, {len(node_ids)} connected")
     if len(node_ids) > max_clients(bound):
         raise SecureAggregationError(f"{len(node_ids)} clients' vectors in [0, {bound}) overflow SecAgg+'s 32-bit "
                                      f"sum: at most {max_clients(bound)} clients")
@@ -105,9 +106,6 @@ def secure_mean(grid: Grid, node_ids: Sequence[int], config: ConfigRecord, array
     :func:`summed_keys` of the model ``arrays`` they are sent), in float64, and how many clients it covers. Flower's
     quantisation: every value clipped to +-clipping_range, 2**22 levels; weights num_examples / max_weight, so
     ``max_weight`` must be at least every client's training-set size."""
-    if len(node_ids) < 2:
-        raise SecureAggregationError(f"round {server_round}: secure aggregation needs at least 2 sampled clients, "
-                                     f"got {len(node_ids)}")
     workflow = SecAggPlusWorkflow(num_shares, reconstruction_threshold, max_weight=float(max_weight),
                                   clipping_range=clipping_range, timeout=timeout)
     return _run(grid, node_ids, config, arrays, workflow, server_round)
