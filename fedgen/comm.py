@@ -16,6 +16,10 @@ from flwr.app import ConfigRecord, RecordDict
 
 UP, DOWN = "up", "down"
 CLIENT_SERVER = "client-server"
+CLIENT_EDGE, EDGE_CLOUD = "client-edge", "edge-cloud"
+"""A hierarchy's tiers (FedPhD): clients talk to edge servers, edge servers to the cloud."""
+LONG_HAUL = (CLIENT_SERVER, EDGE_CLOUD)
+"""The links that reach the central server: what a hierarchy saves against a flat federation."""
 
 
 def _value_bytes(value) -> int:

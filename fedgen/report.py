@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedgen.comm import CLIENT_SERVER
+from fedgen.comm import CLIENT_SERVER, LONG_HAUL
 from fedgen.results import plot_lines, read_rounds
 
 
@@ -31,10 +31,15 @@ def _mb(x: float) -> float:
     return x / 1e6
 
 
+LONG_HAUL_COLUMN = "long-haul"
+
+
 def _tier_bytes(summary: dict) -> dict[str, float]:
-    """'<tier> up' / '<tier> down' bytes of the tiers other than client-server (hierarchical methods)."""
-    return {f"{t} {d}": v[d] for t, v in summary.get("bytes_by_tier", {}).items() if t != CLIENT_SERVER
-            for d in ("up", "down")}
+    """'<tier> up' / '<tier> down' bytes of the tiers other than client-server (hierarchical methods), and the
+    long-haul bytes (up and down over the links that reach the central server, whatever the method)."""
+    by_tier = summary.get("bytes_by_tier", {})
+    return {**{f"{t} {d}": v[d] for t, v in by_tier.items() if t != CLIENT_SERVER for d in ("up", "down")},
+            LONG_HAUL_COLUMN: sum(v["up"] + v["down"] for t, v in by_tier.items() if t in LONG_HAUL)}
 
 
 def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], machine: str,
@@ -52,7 +57,9 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
         raise ValueError(f"the methods of '{title}' are scored by different metrics: {sorted(metrics)}")
     metric = json.loads(metrics.pop())
     name, higher = metric["name"], metric["higher_is_better"]
-    tiers = sorted({k for by_seed in summaries.values() for s in by_seed.values() for k in _tier_bytes(s)})
+    tiers = sorted({k for by_seed in summaries.values() for s in by_seed.values() for k in _tier_bytes(s)}
+                   - {LONG_HAUL_COLUMN})
+    tiers += [LONG_HAUL_COLUMN] if tiers else []  # a hierarchy in the table: compare what reaches the server
     first = next(iter(next(iter(summaries.values())).values()))
     shown = list(dict.fromkeys(c for by_seed in summaries.values() for s in by_seed.values()
                                for c in s.get("report_columns", [])))  # a method without one shows '-'
@@ -63,11 +70,12 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
         w = csv.writer(f)
         w.writerow(["method", "seed", "status", "metric", "higher_is_better", *columns, *tiers])
         for label, by_seed in summaries.items():
-            flat = {seed: {**dict.fromkeys(shown, nan), **s, **s.get("final_scores", {}), **_tier_bytes(s)}
+            flat = {seed: {**dict.fromkeys(shown, nan), **dict.fromkeys(tiers, 0), **s, **s.get("final_scores", {}),
+                           **_tier_bytes(s)}
                     for seed, s in by_seed.items()}
             for seed, f in flat.items():
                 w.writerow([label, seed, f["status"], name, higher, *[f[c] for c in columns],
-                            *[f.get(t, 0) for t in tiers]])
+                            *[f[t] for t in tiers]])
             agg = aggregate(list(flat.values()), columns + tiers)
             rows.append((label, len(flat), agg))
             per_seed = [read_rounds(d) for d in runs[label].values()]
@@ -86,7 +94,9 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
         f"Machine: {machine}. Sorted by final {name} ({better} is better)"
         + ("; accuracy on the global test split" if name == "accuracy" else "")
         + "; bytes summed over all clients and rounds"
-        + (f"; mean ± std over {rows[0][1]} seeds." if rows and rows[0][1] > 1 else "."),
+        + (f"; mean ± std over {rows[0][1]} seeds." if rows and rows[0][1] > 1 else ".")
+        + (f" MB {LONG_HAUL_COLUMN}: up and down over the links that reach the central server ("
+           + " and ".join(LONG_HAUL) + ")." if tiers else ""),
         "",
         f"| method | final {name} | best {name} |" + "".join(f" {c} |" for c in shown) + " MB up | MB down |"
         + "".join(f" MB {t} |" for t in tiers) + " wall time (s) |",

@@ -20,7 +20,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.serverapp import Grid
 
-from fedgen.comm import DOWN, UP, ByteLedger, record_bytes
+from fedgen.comm import CLIENT_SERVER, DOWN, UP, ByteLedger, record_bytes
 from fedgen.validation import check_reply, inconsistent_replies
 from fedgen.wire import (
     EXPERIMENT,
@@ -76,15 +76,19 @@ class NodesUnavailable(RuntimeError):
 
 
 class AccountedGrid(Grid):
-    """``min_nodes``: a round needs this many connected nodes; ``wait_s``: how long to wait for them."""
+    """``min_nodes``: a round needs this many connected nodes; ``wait_s``: how long to wait for them; ``tier``: the
+    link the messages cross, in the ledger."""
 
-    def __init__(self, inner: Grid, ledger: ByteLedger, min_nodes: int = 1, wait_s: float = 3600.0) -> None:
+    def __init__(self, inner: Grid, ledger: ByteLedger, min_nodes: int = 1, wait_s: float = 3600.0,
+                 tier: str = CLIENT_SERVER) -> None:
         self.inner = inner
-        self.ledger = ledger
+        self.ledger, self.tier = ledger, tier
         self.min_nodes, self.wait_s = min_nodes, wait_s
         self.partition_of: dict[int, int] = {}
         self.max_examples: dict[int, dict[str, int]] = {}
         """Per partition: the examples each message kind may report (train: its training set; evaluate: its test)."""
+        self.facts: dict[int, MetricRecord] = {}
+        """Per partition: its answer to the partition query (the facts the strategy asked for among them)."""
         self.failures: list[dict] = []
         self.checks: dict[str, Callable[[RecordDict, RecordDict], list[str]]] = {}
         """Strategy-specific reply checks by message type, run after the shared ones."""
@@ -140,7 +144,7 @@ class AccountedGrid(Grid):
 
     def _flush(self, entries: list[tuple]) -> None:
         for rnd, node_id, direction, nbytes, kind in entries:
-            self.ledger.add(rnd, self._client(node_id), direction, nbytes, kind=kind)
+            self.ledger.add(rnd, self._client(node_id), direction, nbytes, kind=kind, tier=self.tier)
 
     def _fail(self, rnd: int, node_id: int, kind: str, reason: str) -> None:
         self.failures.append({"round": rnd, "client": self._client(node_id), "kind": kind, "reason": reason})
@@ -265,7 +269,7 @@ class AccountedGrid(Grid):
                 self.partition_of[node] = pid
                 self.max_examples[pid] = {MessageType.TRAIN: int(metrics[NUM_EXAMPLES]),
                                           MessageType.EVALUATE: int(metrics[NUM_TEST_EXAMPLES])}
-                found[pid] = metrics
+                found[pid] = self.facts[pid] = metrics
             failed = [f["reason"] for f in self.failures if f["round"] == 0]
             if failed:
                 raise RuntimeError(f"{len(failed)} client node(s) could not answer the partition query: "

@@ -76,7 +76,7 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
     if method.foundation:  # the embedded profile is pre-trained here on first use
         models_used = foundation.resolve(cfg.foundation, prepare=True).describe()
     grid = AccountedGrid(grid, ledger, min_nodes=cfg.strategy.min_train_clients,
-                         wait_s=cfg.strategy.round_timeout_s)
+                         wait_s=cfg.strategy.round_timeout_s, tier=method.client_tier)
     strategy = method.build(ctx)
     task = method.task(ctx, strategy)
     if method.reply_checks:

@@ -1,3 +1,4 @@
+import csv
 import json
 
 import numpy as np
@@ -65,6 +66,29 @@ def test_report_from_run_folders(tmp_path):
     for name in ("report.md", "report.csv", "accuracy.png", "bytes_vs_accuracy.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert len((tmp_path / "report.csv").read_text().splitlines()) == 5
+
+
+def test_a_flat_and_a_hierarchical_method_in_one_report_compare_their_long_haul_bytes(tmp_path):
+    tiers = {"Flat": {"client-server": {"up": 4e6, "down": 4e6}},
+             "Tiers": {"client-server": {"up": 0, "down": 0}, "client-edge": {"up": 4e6, "down": 4e6},
+                       "edge-cloud": {"up": 1e6, "down": 2e6}}}
+    runs = {}
+    for label, by_tier in tiers.items():
+        d = tmp_path / label
+        d.mkdir()
+        up, down = (sum(v[k] for v in by_tier.values()) for k in ("up", "down"))
+        (d / "summary.json").write_text(json.dumps({
+            "status": "finished", "metric": {"name": "fid", "higher_is_better": False}, "final": 10.0, "best": 9.0,
+            "bytes_up": up, "bytes_down": down, "wall_seconds": 1.0, "bytes_by_tier": by_tier}))
+        (d / "rounds.jsonl").write_text(json.dumps({"round": 1, "fid": 10.0}))
+        runs[label] = {0: d}
+    md = write_report(tmp_path, "tiers", runs, "here")
+    assert ("| MB up | MB down | MB client-edge down | MB client-edge up | MB edge-cloud down | MB edge-cloud up "
+            "| MB long-haul |") in md
+    assert "| Flat | 10.0000 | 9.0000 | 4.00 | 4.00 | 0.00 | 0.00 | 0.00 | 0.00 | 8.00 |" in md  # its client-server
+    assert "| Tiers | 10.0000 | 9.0000 | 5.00 | 6.00 | 4.00 | 4.00 | 2.00 | 1.00 | 3.00 |" in md  # its edge-cloud
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert [r["long-haul"] for r in rows] == ["8000000.0", "3000000.0"]
 
 
 def test_rounds_and_bytes_to_a_target_count_all_traffic_up_to_that_round(tmp_path):

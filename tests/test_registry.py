@@ -134,7 +134,7 @@ def test_the_report_sorts_by_the_headline_in_its_direction_and_shows_tiers(toy_m
     md = write_report(tmp_path, "toys", runs, "test machine")
     table = [line for line in md.splitlines() if line.startswith("| ")]
     assert table[0] == ("| method | final distance | best distance | MB up | MB down | MB edge-cloud down |"
-                        " MB edge-cloud up | wall time (s) |")
+                        " MB edge-cloud up | MB long-haul | wall time (s) |")
     assert [r.split("|")[1].strip() for r in table[2:]] == ["near", "far"]  # lower is better: near first
     assert "lower is better" in md and (tmp_path / "distance.png").exists()
 
@@ -153,14 +153,16 @@ for _name in ("fedprox", "feddyn", "scaffold", "moon", "fedadam", "fedyogi", "fe
     EXPECTED_KEYS[_name] = EXPECTED_KEYS["fedavg"]
 EXPECTED_KEYS["gptfl"] = {**EXPECTED_KEYS["fedavg"], "query.labels": {"label-count"}}  # beside the label names, or
 # labels=private: only SecAgg+'s records (tests/test_gptfl.py)
+EXPECTED_KEYS["fedphd"] = {"query": {*EXPECTED_KEYS["fedavg"]["query"], "label-histogram"},  # its edge selection's
+                          "train.fedphd": {"train-loss", "num-examples"}}  # (tests/test_fedphd.py)
 
 
 def test_every_federated_method_declares_what_its_clients_send():
     assert set(EXPECTED_KEYS) == {n for n, m in strategies.METHODS.items() if m.federated}
 
 
-@pytest.mark.parametrize("name", sorted(set(EXPECTED_KEYS) - {"scaffold", "moon", "gptfl"}))  # those: test_baselines.py
-# and test_gptfl.py
+@pytest.mark.parametrize("name", sorted(set(EXPECTED_KEYS) - {"scaffold", "moon", "gptfl", "fedphd"}))  # those:
+# test_baselines.py, test_gptfl.py and test_fedphd.py
 def test_only_what_a_method_needs_leaves_a_client(name, tiny_cfg, tiny_models, tmp_path):
     extra = {}
     if name == "oscar":
