@@ -213,7 +213,9 @@ def test_a_diffusion_run_in_process_writes_its_scores(tiny_cfg, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
     assert [r[fid] is None for r in rows] == [False, True, False, False]  # rounds 0, 2 and the last scored
     assert summary["final"] == rows[-1][fid] and summary["final_scores"]["class-fidelity"] == rows[-1]["class-fidelity"]
-    assert summary["report_columns"] == ["is[own-digits-domains-cnn]", "class-fidelity"]
+    assert summary["report_columns"] == ["is[own-digits-domains-cnn]", "class-fidelity", "params (M)", "MACs (M)"]
+    unet = build_unet(cfg.diffusion, 10, 16)
+    assert summary["final_scores"]["params (M)"] == pytest.approx(sum(p.numel() for p in unet.parameters()) / 1e6)
     floor = summary["evaluation"]["floor_public_vs_test"]
     assert floor[fid] < rows[0][fid]  # real vs real beats the untrained U-Net
     assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == [
@@ -225,7 +227,8 @@ def test_a_diffusion_run_in_process_writes_its_scores(tiny_cfg, tmp_path):
     from fedgen.report import write_report
 
     md = write_report(tmp_path, "t", {"FedAvg": {0: tmp_path / "run"}}, "here")
-    assert f"| method | final {fid} | best {fid} | is[own-digits-domains-cnn] | class-fidelity | MB up |" in md
+    assert (f"| method | final {fid} | best {fid} | is[own-digits-domains-cnn] | class-fidelity | params (M) "
+            "| MACs (M) | MB up |") in md
     assert f"real vs real (the public split) {floor[fid]:.2f}; the untrained U-Net {rows[0][fid]:.2f}" in md
 
 

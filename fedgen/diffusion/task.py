@@ -11,9 +11,12 @@ from torchvision.utils import save_image
 
 from fedgen.config import ExperimentConfig
 from fedgen.data import Federation
-from fedgen.diffusion import build_unet, sample
+from fedgen.diffusion import build_unet, pruning, sample
 from fedgen.diffusion.evaluate import GenerativeScores, reference_classifier
 from fedgen.tasks import Headline, Task
+
+PARAMS, MACS = "params (M)", "MACs (M)"
+"""The size of the U-Net scored: its parameters, and the multiply-accumulates of one forward pass of one image."""
 
 
 def image_size(cfg: ExperimentConfig, fed: Federation) -> int:
@@ -35,8 +38,9 @@ def real_sample(labels: np.ndarray, num_classes: int, per_class: int, seed: int 
 
 class DiffusionTask(Task):
     """The global U-Net, scored every ``evaluation.every`` rounds (round 0, the untrained model, and the last round
-    always): ``evaluation.samples_per_class`` DDIM samples per class, with a noise seed fixed for the run, against the
-    global test split. Writes a grid of the samples (a row per class) to samples/round-<r>.png.
+    always): ``evaluation.samples_per_class`` DDIM samples per class, with a noise seed fixed for the run, against
+    the global test split; with its size (parameters, MACs), which pruning changes. Writes a grid of the samples (a
+    row per class) to samples/round-<r>.png.
 
     ``extras`` (into summary.json): the extractor, the reference classifier's test accuracy, and the calibration
     floor: the scores of as many public-split images as a round samples (``samples_per_class`` of each class) against
@@ -53,7 +57,7 @@ class DiffusionTask(Task):
                                        ev.batch_size)
         name = self.scorer.extractor
         self.headline = Headline(f"fid[{name}]", higher_is_better=False)
-        self.columns = (f"fid[{name}]", f"is[{name}]", "class-fidelity")
+        self.columns = (f"fid[{name}]", f"is[{name}]", "class-fidelity", PARAMS, MACS)
         self.report = self.columns[1:]
         x, y = fed.public.tensors(real_sample(fed.public.labels, fed.num_classes, ev.samples_per_class))
         floor = self.scorer(self.scorer.as_generated(x), y)
@@ -76,7 +80,8 @@ class DiffusionTask(Task):
             per_class = min(8, ev.samples_per_class)
             rows = images.view(self.fed.num_classes, ev.samples_per_class, *images.shape[1:])[:, :per_class]
             save_image(rows.flatten(0, 1), grid, nrow=per_class, padding=1)
-        return self.scorer(images, self.labels)
+        macs, params = pruning.size(model)
+        return {**self.scorer(images, self.labels), PARAMS: params / 1e6, MACS: macs / 1e6}
 
     def evaluate(self, server_round: int, state: dict[str, torch.Tensor]) -> dict[str, float]:
         if not self.scored(server_round):
