@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/fedgen-ray
 export MPLBACKEND ?= Agg
 
-.PHONY: install run test test-fast compare compare-ci ci-baseline compare-diffusion compare-baselines compare-feddf compare-gptfl bench deploy-up deploy-down lint clean
+.PHONY: install run test test-fast compare compare-ci ci-baseline compare-diffusion compare-baselines compare-feddf compare-gptfl compare-fedphd bench deploy-up deploy-down lint clean
 
 install: $(STAMP)
 
@@ -38,7 +38,7 @@ ci-baseline:   ## make the last compare-ci's reports the baseline it gates on (t
 	cp runs/compare-ci/report.csv docs/ci-baseline/ci.csv
 	cp runs/compare-ci-diffusion/report.csv docs/ci-baseline/ci-diffusion.csv
 
-compare-diffusion: install   ## federated diffusion on digits, sorted by FID (about 80 min on 2 CPU cores)
+compare-diffusion: install   ## federated diffusion on digits, FedPhD too, sorted by FID (about 2 hours on 2 CPU cores)
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare simulations/configs/suite_diffusion.yaml --out runs/compare-diffusion
 
@@ -58,6 +58,10 @@ compare-gptfl: install   ## FedAvg vs GPT-FL over 50 clients at Dirichlet 0.1 (a
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare simulations/configs/suite_gptfl.yaml --out runs/compare-gptfl
 	$(VENV)/bin/fedgen compare simulations/configs/suite_gptfl_alpha05.yaml --out runs/compare-gptfl-alpha05
+
+compare-fedphd: install   ## FedAvg vs FedPhD (pruned after sparse training, unpruned, pruned at start) on digits (about 40 min)
+	@mkdir -p $(RAY_TMPDIR)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_fedphd.yaml --out runs/compare-fedphd
 
 bench: install   ## figures into bench/results/<name>.json: make bench [BENCH="overhead scale ..."]
 	@mkdir -p $(RAY_TMPDIR)

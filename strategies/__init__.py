@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
 from torch import nn
 
-from fedgen.comm import ByteLedger
+from fedgen.comm import CLIENT_EDGE, CLIENT_SERVER, ByteLedger
 from fedgen.config import (
     CentralizedConfig,
     ExperimentConfig,
@@ -28,6 +28,7 @@ from fedgen.config import (
     FedAvgConfig,
     FedDFConfig,
     FedDynConfig,
+    FedPhDConfig,
     FedProxConfig,
     FedYogiConfig,
     GptFLConfig,
@@ -43,7 +44,7 @@ from fedgen.fedeval import aggregate_evaluations
 from fedgen.models import build_model
 from fedgen.tasks import ClassifierTask, Task
 from fedgen.train import Penalty, TrainResult, train
-from fedgen.wire import DIFFUSION_TRAIN, ENCODE, LABELS
+from fedgen.wire import DIFFUSION_TRAIN, ENCODE, FEDPHD_TRAIN, LABEL_HISTOGRAM, LABELS
 from strategies.retyped import for_task
 
 Trainer = Callable[[nn.Module, ImageSet, int, int, list[Penalty]], TrainResult]
@@ -183,6 +184,8 @@ class Method:
     """A phase before round 1 that may talk to the clients (after the partition query) and gives the model round 0
     scores, with metrics for round 0's row (GPT-FL's label collection, generation and pre-training). A resumed run
     does not repeat it."""
+    client_tier: str = CLIENT_SERVER
+    """The link its clients' messages cross, as the byte ledger names it (FedPhD's clients talk to edges)."""
 
     @property
     def name(self) -> str:
@@ -234,7 +237,7 @@ def flower(cls: type[Strategy], **kwargs) -> Callable[[RunContext], Strategy]:
 
 
 def _register_builtins() -> None:
-    from strategies import centralized, feddf, feddyn, fedopt, gptfl, local, moon, oscar, scaffold
+    from strategies import centralized, feddf, feddyn, fedopt, fedphd, gptfl, local, moon, oscar, scaffold
 
     for m in (
         Method(FedAvgConfig, flower(FedAvg)),
@@ -244,6 +247,8 @@ def _register_builtins() -> None:
         Method(FedDynConfig, feddyn.build, checkpoint=True),
         Method(ScaffoldConfig, scaffold.build, checkpoint=True),
         Method(MoonConfig, moon.build, checkpoint=True),
+        Method(FedPhDConfig, fedphd.build, checkpoint=True, task=fedphd.task, prepare=fedphd.prepare,
+               query=(LABEL_HISTOGRAM,), roles={FEDPHD_TRAIN: "clients.fedphd:train"}, client_tier=CLIENT_EDGE),
         Method(FedDFConfig, feddf.build, task=feddf.GroupsTask, initial=feddf.initial),
         Method(GptFLConfig, gptfl.build, foundation=True, checkpoint=True, prepare=gptfl.prepare,
                reply_checks=gptfl.GptFL.reply_checks, roles={LABELS: "clients.gptfl:labels"},
