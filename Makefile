@@ -59,7 +59,7 @@ compare-gptfl: install   ## FedAvg vs GPT-FL over 50 clients at Dirichlet 0.1 (a
 	$(VENV)/bin/fedgen compare simulations/configs/suite_gptfl.yaml --out runs/compare-gptfl
 	$(VENV)/bin/fedgen compare simulations/configs/suite_gptfl_alpha05.yaml --out runs/compare-gptfl-alpha05
 
-compare-fedphd: install   ## FedAvg vs FedPhD (pruned after sparse training, unpruned, pruned at start) on digits (about 40 min)
+compare-fedphd: install   ## FedAvg vs FedPhD (pruned after sparse training, unpruned, pruned at start) on digits, 3 seeds (about 2 hours)
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare simulations/configs/suite_fedphd.yaml --out runs/compare-fedphd
 

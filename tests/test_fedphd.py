@@ -296,8 +296,8 @@ def test_resume_inside_an_edge_period_continues_exactly(tiny_cfg, tmp_path, monk
 @pytest.mark.slow
 def test_fedphd_under_ray_with_per_tier_bytes(tmp_path):
     out = tmp_path / "run"
-    sets = ["rounds=2", "data.num_clients=4", "strategy.name=fedphd", "strategy.cloud_every=1",
-            "strategy.sparse_rounds=1", "strategy.fraction_train=0.5", "diffusion.unet=tiny",
+    sets = ["rounds=1", "data.num_clients=4", "strategy.name=fedphd", "strategy.cloud_every=1",
+            "strategy.prune=start", "strategy.fraction_train=0.5", "diffusion.unet=tiny",
             "diffusion.batch_size=64", "diffusion.local_epochs=1", "evaluation.samples_per_class=2",
             "evaluation.sampling_steps=2", "evaluation.every=1", "evaluation.reference_epochs=1",
             f"evaluation.cache_dir={tmp_path / 'ref'}"]
@@ -309,5 +309,8 @@ def test_fedphd_under_ray_with_per_tier_bytes(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and not summary["failures"]
-    assert summary["bytes_by_tier"][EDGE_CLOUD]["up"] > 0 and summary["bytes_by_tier"][CLIENT_EDGE]["up"] > 0
+    tiers = summary["bytes_by_tier"]
+    assert tiers[EDGE_CLOUD]["up"] > 0 and tiers[CLIENT_EDGE]["up"] > 0 and tiers["client-server"]["up"] == 0
+    assert summary["fedphd"]["params-pruned"] < summary["fedphd"]["params"]  # pruned before round 1: the clients'
+    # replies, checked against what was sent, came back pruned
     assert "Warning!" not in proc.stdout  # torch-pruning's notes stay off the console
