@@ -56,19 +56,6 @@ def cloud_weights(counts: Sequence[float], qs: Sequence[np.ndarray], target: np.
     return raw / raw.sum()
 
 
-def weighted_mean(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """sum_i w_i state_i / sum_i w_i, key by key, in each key's own dtype (integer buffers rounded)."""
-    w = torch.tensor([float(x) for x in weights], dtype=torch.float64)
-    if len(states) != len(w) or not len(states) or w.sum() <= 0:
-        raise ValueError("need as many positive-sum weights as states, and at least one state")
-    w = w / w.sum()
-    out = {}
-    for key, ref in states[0].items():
-        mean = sum(wi * s[key].double() for wi, s in zip(w, states, strict=True))
-        out[key] = (mean.round() if not ref.is_floating_point() else mean).to(ref.dtype)
-    return out
-
-
 def sparse_penalty(lam: float):
     """The official code's "sparse training" term: lam * sum over weight tensors W of ||W||_2 (W flattened per
     output channel, then the 2-norm of the whole), pushing whole tensors, and so channels, towards zero."""

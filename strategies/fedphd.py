@@ -34,6 +34,7 @@ from fedgen.comm import DOWN, EDGE_CLOUD, UP, ByteLedger
 from fedgen.config import FedPhDConfig
 from fedgen.diffusion import pruning
 from fedgen.diffusion.task import DiffusionTask
+from fedgen.feddf import average
 from fedgen.wire import FEDPHD_TRAIN, LABEL_HISTOGRAM, NUM_EXAMPLES, PRUNING_PLAN, SPARSE_LAMBDA
 
 SERVER_SIDE = -1
@@ -155,13 +156,13 @@ class FedPhD(FedAvg):
             metrics[f"edge{e}-clients"] = len(mine)
             if mine:
                 counts = [int(c["metrics"][NUM_EXAMPLES]) for c in mine]
-                edge.model = fedphd.weighted_mean([c[self.arrayrecord_key].to_torch_state_dict() for c in mine], counts)
+                edge.model = average([c[self.arrayrecord_key].to_torch_state_dict() for c in mine], counts)
                 edge.last_n = float(sum(counts))
         if server_round % self.s.cloud_every:
             return None, metrics
         rho = fedphd.cloud_weights([e.last_n for e in self.edges], [e.q for e in self.edges], self.target,
                                    self.s.balance_a, self.s.balance_b, self.s.homogeneity_norm)
-        cloud = fedphd.weighted_mean([e.model for e in self.edges], rho)
+        cloud = average([e.model for e in self.edges], rho)
         down = ArrayRecord(cloud).count_bytes()
         for e, edge in enumerate(self.edges):
             metrics[f"edge{e}-rho"] = float(rho[e])

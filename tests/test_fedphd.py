@@ -23,6 +23,7 @@ from fedgen import fedphd
 from fedgen.comm import CLIENT_EDGE, DOWN, EDGE_CLOUD, UP, ByteLedger
 from fedgen.config import ConfigError, DiffusionConfig, FedPhDConfig
 from fedgen.diffusion import build_unet, pruning
+from fedgen.feddf import average
 from fedgen.wire import FEDPHD_TRAIN, LABEL_HISTOGRAM, NUM_EXAMPLES, PRUNING_PLAN, SPARSE_LAMBDA
 from simulations.grid import AccountedGrid
 from simulations.server_app import run_experiment
@@ -80,10 +81,10 @@ def test_cloud_weights_against_hand_computed_values():
         fedphd.cloud_weights([1, 1], [TWO, U10], U10, a=0, b=-5)
 
 
-def test_weighted_mean_and_sparse_penalty():
+def test_weighted_average_and_sparse_penalty():
     a = {"w": torch.tensor([0.0, 4.0]), "n": torch.tensor(2)}
     b = {"w": torch.tensor([4.0, 0.0]), "n": torch.tensor(7)}
-    out = fedphd.weighted_mean([a, b], [3, 1])
+    out = average([a, b], [3, 1])  # the state-dict average FedPhD shares with FedDF
     assert torch.allclose(out["w"], torch.tensor([1.0, 3.0])) and out["n"].dtype == torch.int64 and out["n"] == 3
     layer = torch.nn.Linear(2, 2)
     with torch.no_grad():
