@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/fedgen-ray
 export MPLBACKEND ?= Agg
 
-.PHONY: install run test test-fast compare compare-ci ci-baseline compare-diffusion compare-baselines compare-feddf compare-gptfl compare-fedphd bench deploy-up deploy-down lint clean
+.PHONY: install run test test-fast compare compare-ci ci-baseline compare-diffusion compare-baselines compare-feddf compare-gptfl compare-fedphd compare-longtail bench deploy-up deploy-down lint clean
 
 install: $(STAMP)
 
@@ -33,10 +33,13 @@ compare-ci: install   ## every method, tiny settings; fails on an error, chance 
 		--baseline docs/ci-baseline/ci.csv --tolerance 0.02
 	$(VENV)/bin/fedgen compare simulations/configs/suite_ci_diffusion.yaml --out runs/compare-ci-diffusion --check \
 		--baseline docs/ci-baseline/ci-diffusion.csv --tolerance 15
+	$(VENV)/bin/fedgen compare simulations/configs/suite_ci_longtail.yaml --out runs/compare-ci-longtail --check \
+		--baseline docs/ci-baseline/ci-longtail.csv --tolerance 0.02
 
 ci-baseline:   ## make the last compare-ci's reports the baseline it gates on (then commit docs/ci-baseline/)
 	cp runs/compare-ci/report.csv docs/ci-baseline/ci.csv
 	cp runs/compare-ci-diffusion/report.csv docs/ci-baseline/ci-diffusion.csv
+	cp runs/compare-ci-longtail/report.csv docs/ci-baseline/ci-longtail.csv
 
 compare-diffusion: install   ## federated diffusion on digits, FedPhD too, sorted by FID (about 2 hours on 2 CPU cores)
 	@mkdir -p $(RAY_TMPDIR)
@@ -62,6 +65,12 @@ compare-gptfl: install   ## FedAvg vs GPT-FL over 50 clients at Dirichlet 0.1 (a
 compare-fedphd: install   ## FedAvg vs FedPhD (pruned after sparse training, unpruned, pruned at start) on digits, 3 seeds (about 2 hours)
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare simulations/configs/suite_fedphd.yaml --out runs/compare-fedphd
+
+compare-longtail: install   ## LDMLR: CE vs three stages vs end-to-end A/B/C, pooled and per client, imbalance 10 and 50, 3 seeds (about 45 minutes)
+	@mkdir -p $(RAY_TMPDIR)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_longtail.yaml --out runs/compare-longtail-if10
+	$(VENV)/bin/fedgen compare simulations/configs/suite_longtail.yaml --out runs/compare-longtail-if50 \
+		--set data.partition.imbalance_factor=50
 
 bench: install   ## figures into bench/results/<name>.json: make bench [BENCH="overhead scale ..."]
 	@mkdir -p $(RAY_TMPDIR)

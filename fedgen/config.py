@@ -129,16 +129,16 @@ class StrategyConfig(_Section):
         """Consistency with the rest of the experiment; raise ValueError naming the key."""
         if cfg.task not in self.tasks:
             raise ValueError(f"strategy '{self.name}' does not run task={cfg.task} (it runs: {', '.join(self.tasks)})")
-        if cfg.task == "diffusion" and self.fraction_evaluate > 0:
-            raise ValueError("task=diffusion is scored on the server (FID, IS, class fidelity): set "
-                             "strategy.fraction_evaluate=0")
+        if cfg.task in ("diffusion", "ldmlr") and self.fraction_evaluate > 0:
+            raise ValueError(f"task={cfg.task} is scored on the server (generated samples against the global test "
+                             "split): set strategy.fraction_evaluate=0")
         if self.min_train_clients > cfg.data.num_clients:  # Flower would wait for that many nodes forever
             raise ValueError(f"strategy.min_train_clients={self.min_train_clients} exceeds "
                              f"data.num_clients={cfg.data.num_clients}")
 
 
 class FedAvgConfig(StrategyConfig):
-    tasks = ("classify", "diffusion")
+    tasks = ("classify", "diffusion", "ldmlr")
     name: Literal["fedavg"] = "fedavg"
 
 
@@ -377,7 +377,7 @@ class GptFLConfig(FedOptConfig):
 class ServerSideConfig(StrategyConfig):
     """The reference runs train on the server from the partitions: no client is sampled, the shared keys are unused."""
 
-    tasks = ("classify", "diffusion")
+    tasks = ("classify", "diffusion", "ldmlr")
 
     def check(self, cfg: ExperimentConfig) -> None:
         if cfg.task not in self.tasks:
@@ -437,6 +437,103 @@ class EvaluationConfig(_Section):
     reference_epochs: PositiveInt = 15
     """Training of the own extractor (it also judges class fidelity), cached in cache_dir."""
     cache_dir: str = "~/.cache/fedgen/reference"
+
+
+class LdmlrConfig(_Section):
+    """Feature-space diffusion for long-tailed recognition (task=ldmlr; METHODS.md 5a): the classifier's backbone E
+    gives features z, its last linear layer is the head G, a conditional denoiser eps_theta(z_t, t, y) learns p(z | y)
+    and its pseudo-features of rare classes train G. Defaults are the official code's where it has one."""
+
+    method: Literal["ce", "three_stage", "e2e"] = "three_stage"
+    """'ce': plain cross-entropy (the train section's passes; the denoiser is not trained). 'three_stage' (official):
+    E + G on the data, then the denoiser on frozen features, then G alone on real + generated features. 'e2e' (the
+    notes): {E, G, theta} in one loop, by ``schedule``."""
+    # the denoiser and its noise schedule (diffusers' DDPMScheduler / DDIMScheduler on (batch, dim) tensors)
+    denoiser: Literal["mlp", "unet1d"] = "mlp"
+    """'unet1d': the official 1-D conditional U-Net (the feature vector as a one-channel sequence); 'mlp': residual
+    MLP blocks. Both add a class embedding to the time embedding."""
+    unet_dim: PositiveInt = 64
+    unet_mults: Annotated[list[PositiveInt], Field(min_length=1)] = [1, 2, 4, 8]
+    """Channels per level = unet_dim * mult; the feature dimension must divide by 2^(levels - 1)."""
+    mlp_width: PositiveInt = 256
+    mlp_depth: PositiveInt = 3
+    num_train_timesteps: PositiveInt = 1000
+    beta_schedule: Literal["cosine", "linear"] = "cosine"
+    """'cosine' is diffusers' squaredcos_cap_v2 (official); 'linear' from 1e-4 to 0.02."""
+    prediction: Literal["sample", "epsilon"] = "sample"
+    """'sample': the denoiser predicts z0, its loss weighted by SNR_t = abar_t / (1 - abar_t) (official; the same
+    objective as the epsilon loss); 'epsilon': the plain DDPM loss."""
+    snr_gamma: PositiveFloat | None = None
+    """Min-SNR weighting: clip SNR_t at this value (None: unclipped, official)."""
+    diffusion_lr: PositiveFloat = 1e-3
+    """Adam, for the denoiser (the official code's SGD at 1e-4 needs far more steps than a CPU run gives)."""
+    diffusion_epochs: PositiveInt = 200
+    """three_stage: passes of stage 2 over the frozen features."""
+    diffusion_batch_size: PositiveInt = 256
+    sampling_steps: PositiveInt = 50
+    """DDIM steps (eta 0) when pseudo-features are generated for stage 3 and for scoring."""
+    # stage 3 (three_stage) and the generated set
+    generate: Literal["proportional", "fill_tail"] = "proportional"
+    """'proportional' (official): max(round(generate_ratio * n_c), generate_min) per class; 'fill_tail': up to the
+    largest class, max(n_max - n_c, generate_min). A class the data lacks gets none."""
+    generate_ratio: PositiveFloat = 0.2
+    generate_min: Annotated[int, Field(ge=0)] = 5
+    head_epochs: PositiveInt = 30
+    head_lr: PositiveFloat = 1e-3
+    """Adam (official 1e-3, weight decay 1e-5, batch 1024)."""
+    head_weight_decay: Annotated[float, Field(ge=0)] = 1e-5
+    head_batch_size: PositiveInt = 1024
+    # end-to-end: L_total = L_real + lambda_sem L_sem + gamma_ge L_ge, L_sem = L_LDM + eta_p L_proto + eta_s L_shape
+    schedule: Literal["A", "B", "C"] = "A"
+    """'A' joint (semantic weights warmed up over ``warmup_steps``); 'B' alternating (``alternate`` diffusion steps
+    with E, G frozen, then a classifier step with theta frozen); 'C' progressive (L_real alone for the first
+    ``phases[0]`` of the steps, then + L_sem, from ``phases[1]`` + L_ge with its pseudo ratio growing from
+    ``pseudo_ratio_start`` to ``pseudo_ratio``)."""
+    lambda_sem: Annotated[float, Field(ge=0)] = 1.0
+    sem_to_encoder: bool = False
+    """Let L_sem's gradient reach E. Off: E learns from L_real only and the denoiser follows its features (on, here,
+    the encoder collapsed its features to a point the denoiser reproduces trivially: README)."""
+    gamma_ge: Annotated[float, Field(ge=0)] = 0.5
+    eta_proto: Annotated[float, Field(ge=0)] = 0.1
+    shape: Literal["cov", "rad", "none"] = "rad"
+    """The shape term against mode collapse: 'cov' the Frobenius distance of class covariances, 'rad' the cheaper
+    radius term (r_y = radius_scale * sqrt(tr Sigma_y))."""
+    eta_shape: Annotated[float, Field(ge=0)] = 0.1
+    radius_scale: PositiveFloat = 1.0
+    prototype_momentum: OpenFraction = 0.1
+    """lambda of the prototypes' EMA, mu_y <- (1 - lambda w) mu_y + lambda w * batch mean."""
+    pseudo_prototype_weight: Fraction = 0.3
+    """w of pseudo-features in the prototypes' EMA (real features: 1)."""
+    sample_every: PositiveInt = 5
+    """k: pseudo-features are sampled (and L_ge taken) every k steps."""
+    e2e_sampling_steps: PositiveInt = 5
+    """DDIM steps of the on-the-fly sampling (differentiable: L_ge reaches theta)."""
+    pseudo_ratio: Annotated[float, Field(gt=0, le=1)] = 0.3
+    """Pseudo-features per real example of the batch when L_ge is taken."""
+    pseudo_ratio_start: Annotated[float, Field(gt=0, le=1)] = 0.1
+    warmup_steps: Annotated[int, Field(ge=0)] = 100
+    alternate: Annotated[int, Field(ge=1, le=2)] = 1
+    """Schedule B: diffusion steps per classifier step (1:1 or 2:1)."""
+    phases: tuple[OpenFraction, OpenFraction] = (0.3, 0.6)
+    """Schedule C: the shares of the steps at which L_sem and then L_ge switch on."""
+    # scoring
+    bands: tuple[OpenFraction, OpenFraction] = (0.3, 0.3)
+    """The shares of classes, by training frequency of the pooled client data, in the 'many' and 'few' bands (the
+    rest is 'medium')."""
+    score_per_class: PositiveInt = 100
+    """Pseudo-features per class generated to score the denoiser (feature FID per band, class fidelity)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LdmlrConfig:
+        if self.phases[0] >= self.phases[1]:
+            raise ValueError(f"ldmlr.phases must increase, got {list(self.phases)}")
+        if sum(self.bands) >= 1:
+            raise ValueError(f"ldmlr.bands (many, few) must leave a medium band: they sum to {sum(self.bands)}")
+        if self.method == "e2e" and self.prediction == "epsilon":
+            raise ValueError("ldmlr.method=e2e needs ldmlr.prediction=sample: z0_hat from an epsilon prediction "
+                             "divides by sqrt(abar_t), about 1e-3 at the last timesteps, and the semantic terms blow "
+                             "up")
+        return self
 
 
 class CaptionerConfig(_Section):
@@ -539,9 +636,9 @@ class ExperimentConfig(_Section):
     name: str = "experiment"
     seed: int = 0
     rounds: PositiveInt = 10
-    task: Literal["classify", "diffusion"] = "classify"
-    """What the clients train: a classifier (model, train) or a class-conditional image DDPM (diffusion,
-    evaluation)."""
+    task: Literal["classify", "diffusion", "ldmlr"] = "classify"
+    """What the clients train: a classifier (model, train), a class-conditional image DDPM (diffusion, evaluation),
+    or a classifier with a feature-space diffusion model for long-tailed data (model, train, ldmlr)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -550,6 +647,7 @@ class ExperimentConfig(_Section):
     """Validated against the section of ``strategy.name`` (see :func:`validate`)."""
     diffusion: DiffusionConfig = DiffusionConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    ldmlr: LdmlrConfig = LdmlrConfig()
     foundation: FoundationConfig = FoundationConfig()
     ray: RayConfig = RayConfig()
 

@@ -1,7 +1,8 @@
 """Names that cross the Grid, shared by the server and the clients: one home for each.
 
 Message types are Flower's ('train', 'evaluate', 'query') plus OSCAR's 'train.encode', the diffusion task's
-'train.diffusion' and GPT-FL's 'query.labels'. Config keys travel in a
+'train.diffusion', FedPhD's 'train.fedphd', LDMLR's 'train.ldmlr' and GPT-FL's
+'query.labels'. Config keys travel in a
 message's ConfigRecord 'config'; metric keys in a reply's MetricRecord 'metrics'.
 """
 
@@ -15,6 +16,8 @@ LABELS = f"{MessageType.QUERY}.labels"
 """GPT-FL's plain label collection: the client's label names."""
 FEDPHD_TRAIN = f"{MessageType.TRAIN}.fedphd"
 """FedPhD's local training: the edge's U-Net, possibly pruned."""
+LDMLR_TRAIN = f"{MessageType.TRAIN}.ldmlr"
+"""Local training of a classifier and its feature diffusion model (task=ldmlr)."""
 
 # --- config keys (server -> client) -------------------------------------------------------------------------------
 EXPERIMENT = "experiment"

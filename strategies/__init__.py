@@ -44,7 +44,7 @@ from fedgen.fedeval import aggregate_evaluations
 from fedgen.models import build_model
 from fedgen.tasks import ClassifierTask, Task
 from fedgen.train import Penalty, TrainResult, train
-from fedgen.wire import DIFFUSION_TRAIN, ENCODE, FEDPHD_TRAIN, LABEL_HISTOGRAM, LABELS
+from fedgen.wire import DIFFUSION_TRAIN, ENCODE, FEDPHD_TRAIN, LABEL_HISTOGRAM, LABELS, LDMLR_TRAIN
 from strategies.retyped import for_task
 
 Trainer = Callable[[nn.Module, ImageSet, int, int, list[Penalty]], TrainResult]
@@ -137,12 +137,32 @@ def _diffusion_task(ctx: RunContext, strategy: Strategy) -> Task:
     return DiffusionTask(ctx, strategy)
 
 
+def _feature_classifier(cfg: ExperimentConfig, fed: Federation) -> Callable[[], nn.Module]:
+    from fedgen import ldmlr
+
+    return ldmlr.model_fn(cfg, fed)
+
+
+def _ldmlr_trainer(cfg: ExperimentConfig, device: torch.device) -> Trainer:
+    from fedgen import ldmlr
+
+    return lambda model, data, seed, server_round, penalties=(): ldmlr.train(model, data, cfg, device, seed, penalties)
+
+
+def _ldmlr_task(ctx: RunContext, strategy: Strategy) -> Task:
+    from fedgen.ldmlr import LongTailTask
+
+    return LongTailTask(ctx, strategy)
+
+
 FINETUNE = {MessageType.TRAIN: "clients.finetune:train", MessageType.EVALUATE: "clients.finetune:evaluate"}
 
 TASKS: dict[str, TaskKind] = {
     "classify": TaskKind(_classifier, _classifier_trainer, MessageType.TRAIN, FINETUNE, _classifier_task),
     "diffusion": TaskKind(_unet, _diffusion_trainer, DIFFUSION_TRAIN, {DIFFUSION_TRAIN: "clients.diffusion:train"},
                           _diffusion_task),
+    "ldmlr": TaskKind(_feature_classifier, _ldmlr_trainer, LDMLR_TRAIN, {LDMLR_TRAIN: "clients.ldmlr:train"},
+                      _ldmlr_task),
 }
 
 

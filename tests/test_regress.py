@@ -111,7 +111,8 @@ def test_a_strategy_worsened_by_a_learning_rate_of_almost_zero_fails_the_gate(ti
 def test_the_ci_baselines_are_reports_of_the_ci_suites():
     from fedgen.config import load_suite
 
-    for suite, baseline in (("suite_ci.yaml", "ci.csv"), ("suite_ci_diffusion.yaml", "ci-diffusion.csv")):
+    for suite, baseline in (("suite_ci.yaml", "ci.csv"), ("suite_ci_diffusion.yaml", "ci-diffusion.csv"),
+                            ("suite_ci_longtail.yaml", "ci-longtail.csv")):
         report = read_report(ROOT / "docs" / "ci-baseline" / baseline)
         _, configs = load_suite(ROOT / "simulations" / "configs" / suite)
         assert set(report.runs) == set(configs), suite  # a method added to a CI suite needs a new baseline
