@@ -45,9 +45,16 @@ CHECK_KEYS = {"check_images_per_pair", "check_steps", "check_guidance_scale", "m
               "min_class_fidelity"}
 
 
+RECIPE_VERSION = 2
+"""Part of the cache key: bump it when the pre-training recipe changes (2: the tokenizer's ids made canonical, so
+the same settings give the same models in every process)."""
+
+
 def profile_dir(cache_dir: str | Path, cfg: EmbeddedConfig) -> Path:
-    """One folder per set of pre-training settings, so a changed setting never reuses stale models."""
-    digest = hashlib.sha256(cfg.model_dump_json(exclude=CHECK_KEYS).encode()).hexdigest()[:10]
+    """One folder per set of pre-training settings and recipe version, so a changed setting never reuses stale
+    models."""
+    key = cfg.model_dump_json(exclude=CHECK_KEYS) + f"-v{RECIPE_VERSION}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return Path(cache_dir).expanduser() / f"embedded-{digest}"
 
 

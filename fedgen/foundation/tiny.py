@@ -67,8 +67,14 @@ def clip_tokenizer(texts: list[str], max_length: int, vocab_size: int = 400) -> 
     bpe.train_from_iterator([t.lower() for t in texts], trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [m.split() if isinstance(m, str) else m for m in model["merges"]]
+    # the trainer's merges come out the same in every process, but the ids of its initial alphabet do not (a hash
+    # map's order): number the tokens canonically (specials, the alphabet sorted, then the merges' results in order)
+    made = list(dict.fromkeys("".join(m) for m in merges))
+    alphabet = sorted(set(model["vocab"]) - set(made) - set(CLIP_SPECIALS))
+    vocab = {tok: i for i, tok in enumerate([*CLIP_SPECIALS, *alphabet, *made])}
+    assert vocab.keys() == model["vocab"].keys()
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "vocab.json").write_text(json.dumps(model["vocab"]))
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
         (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
         return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=max_length)
 
