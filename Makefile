@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/fedgen-ray
 export MPLBACKEND ?= Agg
 
-.PHONY: install run test test-fast compare compare-ci ci-baseline compare-diffusion compare-baselines compare-feddf compare-gptfl compare-fedphd compare-longtail bench deploy-up deploy-down lint clean
+.PHONY: install run test test-fast compare compare-ci ci-baseline compare-diffusion compare-baselines compare-feddf compare-gptfl compare-fedphd compare-longtail compare-private bench deploy-up deploy-down lint clean
 
 install: $(STAMP)
 
@@ -71,6 +71,10 @@ compare-longtail: install   ## LDMLR: CE vs three stages vs end-to-end A/B/C, po
 	$(VENV)/bin/fedgen compare simulations/configs/suite_longtail.yaml --out runs/compare-longtail-if10
 	$(VENV)/bin/fedgen compare simulations/configs/suite_longtail.yaml --out runs/compare-longtail-if50 \
 		--set data.partition.imbalance_factor=50
+
+compare-private: install   ## private federated feature diffusion: FedAvg / FedDDPM / FedDDPM+ / progressive at epsilon 1, 4, 10 and non-private, weights vs pseudo-feature upload
+	@mkdir -p $(RAY_TMPDIR)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_private.yaml --out runs/compare-private
 
 bench: install   ## figures into bench/results/<name>.json: make bench [BENCH="overhead scale ..."]
 	@mkdir -p $(RAY_TMPDIR)

@@ -19,7 +19,7 @@ from clients.common import server_round
 from fedgen.wire import CLIENT_STATE_DIR, STATE_ROUND
 
 
-def _folder(msg: Message, context: Context) -> Path | None:
+def state_folder(msg: Message, context: Context) -> Path | None:
     where = context.node_config.get("state-dir") or msg.content["config"].get(CLIENT_STATE_DIR)
     return Path(str(where)) if where else None
 
@@ -42,7 +42,7 @@ def load(msg: Message, context: Context, name: str, pid: int) -> list[torch.Tens
     rnd = state_round(msg)
     if rnd == 0:
         return None
-    folder = _folder(msg, context)
+    folder = state_folder(msg, context)
     if folder is None:
         record = context.state.array_records.get(f"{name}-r{rnd}")
         saved = list(record.to_torch_state_dict().values()) if record is not None else None
@@ -59,7 +59,7 @@ def save(msg: Message, context: Context, name: str, pid: int, tensors: list[torc
     """Keep this round's state beside the one the server named; delete what is older than that."""
     tensors = [t.detach().cpu() for t in tensors]
     rnd, keep_from = server_round(msg), state_round(msg)
-    folder = _folder(msg, context)
+    folder = state_folder(msg, context)
     if folder is None:
         context.state[f"{name}-r{rnd}"] = ArrayRecord({str(i): t for i, t in enumerate(tensors)})
         pattern = re.compile(rf"{re.escape(name)}-r(\d+)")

@@ -223,6 +223,63 @@ class FedPhDConfig(StrategyConfig):
                              f"strategy.cloud_every={self.cloud_every}) before the last round ({cfg.rounds})")
 
 
+class FedDDPMConfig(StrategyConfig):
+    """Private federated feature diffusion (METHODS.md 5b, 5c): a shared encoder trained on the server's public split
+    only; clients train the conditional feature denoiser with dp-promise (the dp section) and send it, or pseudo-
+    features sampled from it; the server averages, corrects (FedDDPM), may stop early (FedDDPM+), refreshes its
+    auxiliary set progressively, and trains the head G on generated (and public) features."""
+
+    tasks = ("ldmlr",)
+    name: Literal["fedddpm"] = "fedddpm"
+    encoder_epochs: PositiveInt = 10
+    """Passes of E + G (the train section's SGD) over the public split before round 1."""
+    upload: Literal["weights", "features"] = "weights"
+    """What a client sends: its denoiser's weights, or ``upload_per_class`` pseudo-features of every class sampled
+    from it (post-processing: the guarantee holds), which the server fits its denoiser to."""
+    upload_per_class: PositiveInt = 50
+    server_epochs: PositiveInt = 50
+    """upload=features: passes of the server's denoiser over the uploaded pseudo-features each round."""
+    correction: Literal["none", "generated", "public"] = "generated"
+    """FedDDPM's correction after each aggregation: 'generated' on an auxiliary set the model generates (after the
+    first aggregation), 'public' on the public split's features, 'none': plain FedAvg of the denoisers."""
+    correction_steps: Annotated[int, Field(ge=0)] = 50
+    correction_lr: PositiveFloat = 1e-3
+    aux_per_class: PositiveInt = 50
+    """correction=generated: the auxiliary set's pseudo-features per class."""
+    plus: bool = False
+    """FedDDPM+: a quick test after each round (the Frechet distance of fresh samples to the public features); when a
+    round improves it by less than ``plus_threshold`` (relative), the server fine-tunes once for ``plus_steps`` on
+    the auxiliary set and stops the run."""
+    plus_threshold: Annotated[float, Field(ge=0)] = 0.05
+    plus_steps: PositiveInt = 500
+    progressive: bool = False
+    """The notes' progressive generation: after each correction, if the head G reads at least
+    ``progressive_min_fidelity`` of fresh samples as their class, ``progressive_fraction`` of the auxiliary set (the
+    oldest first) is regenerated; with ``progressive_filter``, only samples G reads as their class enter."""
+    progressive_fraction: OpenFraction = 0.25
+    progressive_min_fidelity: Fraction = 0.5
+    progressive_filter: bool = True
+    head_per_class: PositiveInt = 200
+    """Pseudo-features per class the server generates each round for G (every class alike: the server does not know
+    the clients' class counts)."""
+    head_public: bool = True
+    """G trains on the public split's features beside the generated ones (ldmlr.head_* settings)."""
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        super().check(cfg)
+        if cfg.ldmlr.denoiser != "mlp":
+            raise ValueError("strategy fedddpm needs ldmlr.denoiser=mlp: noise multiplicity feeds the denoiser "
+                             "(batch, K, d) tensors, which opacus' per-sample gradients of the MLP's layers sum over")
+        if not 0 < cfg.dp.split_step < cfg.ldmlr.num_train_timesteps:
+            raise ValueError(f"dp.split_step={cfg.dp.split_step} must lie inside the "
+                             f"{cfg.ldmlr.num_train_timesteps} timesteps (ldmlr.num_train_timesteps)")
+        if self.correction == "generated" and self.upload == "features":
+            raise ValueError("strategy.upload=features fits the server's denoiser to the uploaded pseudo-features: "
+                             "set strategy.correction to none or public")
+        if self.plus and self.correction == "none":
+            raise ValueError("strategy.plus (FedDDPM+) fine-tunes on the auxiliary set: set strategy.correction")
+
+
 class FedOptConfig(StrategyConfig):
     """Flower's adaptive server optimisers (Reddi et al., ICLR 2021). The client learning rate eta_l is the task's
     own (train.lr or diffusion.lr); the defaults are the paper's CIFAR-10 setting."""
@@ -536,6 +593,40 @@ class LdmlrConfig(_Section):
         return self
 
 
+class DpConfig(_Section):
+    """dp-promise's two-phase private training of a feature denoiser (METHODS.md 5b; strategy fedddpm). Phase I,
+    timesteps [split_step, T): the plain loss, unconditional, on Poisson batches of expected size batch_size1;
+    phase II, [0, split_step): class-conditional DP-SGD through opacus. Defaults: the official CIFAR-10 settings at
+    epsilon 10 (clip 1e-2, S 900, K 4, batch 32 / 4096, 3 / 50 epochs, Adam 3e-4), per round; a client holds
+    hundreds of examples here, so configs set smaller phase-II batches."""
+
+    epsilon: PositiveFloat | None = None
+    """The budget over the whole run, at ``delta``. Without ``sigma``, sigma is calibrated so that a client training
+    in every round spends exactly this; with it, a client whose next round would exceed this refuses to train.
+    None with sigma None: non-private (the same phases, no clipping or noise)."""
+    sigma: PositiveFloat | None = None
+    """Phase II's noise multiplier (None: calibrated from epsilon)."""
+    delta: OpenFraction = 1e-5
+    max_grad_norm: PositiveFloat = 1e-2
+    split_step: PositiveInt = 900
+    """S: timesteps from S on train in phase I (no added noise, charged by the forward process's own)."""
+    noise_multiplicity: PositiveInt = 4
+    """K: draws of (t, noise) per example averaged before its gradient is clipped (not counted by the accountant)."""
+    batch_size1: PositiveInt = 32
+    batch_size2: PositiveInt = 4096
+    epochs1: Annotated[int, Field(ge=0)] = 3
+    epochs2: Annotated[int, Field(ge=0)] = 50
+    lr1: PositiveFloat = 3e-4
+    lr2: PositiveFloat = 3e-4
+    feature_bound: PositiveFloat = 3.0
+    """Features are standardised by the public split's per-dimension mean and std, divided by this, and clipped to
+    [-1, 1] (phase I's bound assumes bounded data)."""
+
+    @property
+    def private(self) -> bool:
+        return self.epsilon is not None or self.sigma is not None
+
+
 class CaptionerConfig(_Section):
     kind: Literal["blip", "blip2"] = "blip2"
     path: str = "Salesforce/blip2-opt-2.7b"
@@ -648,6 +739,7 @@ class ExperimentConfig(_Section):
     diffusion: DiffusionConfig = DiffusionConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     ldmlr: LdmlrConfig = LdmlrConfig()
+    dp: DpConfig = DpConfig()
     foundation: FoundationConfig = FoundationConfig()
     ray: RayConfig = RayConfig()
 

@@ -3,7 +3,7 @@
 A reply is rejected, with a reason, when it
 - carries non-numeric arrays, or NaN / Inf in any array or metric;
 - answers a message that carried a model (an ArrayRecord) without returning one of the same keys, shapes and dtypes
-  (for train messages), or returns one that differs from it;
+  (for train messages), or returns one that differs from it (a 'context' record, used and not trained, stays);
 - reports an absurd 'num-examples' (not a positive whole number, or more than the client is known to hold);
 - holds other than exactly one MetricRecord, or more than one ArrayRecord (what Flower's aggregation accepts);
 - differs in record keys from the other replies to messages of its type that carried the same model (Flower's
@@ -18,7 +18,7 @@ from collections.abc import Hashable
 import numpy as np
 from flwr.app import RecordDict
 
-from fedgen.wire import NUM_EXAMPLES
+from fedgen.wire import CONTEXT_ARRAYS, NUM_EXAMPLES
 
 
 def _finite(value) -> bool:
@@ -47,6 +47,8 @@ def check_reply(
             elif np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
                 problems.append(f"array '{key}.{name}' holds NaN or Inf")
     for key, ref in sent.array_records.items():
+        if key == CONTEXT_ARRAYS:
+            continue  # what the client used, not what it trained: it stays there
         got = reply.array_records.get(key)
         if got is None:
             if message_type.split(".")[0] == "train":

@@ -1,7 +1,7 @@
 """Names that cross the Grid, shared by the server and the clients: one home for each.
 
 Message types are Flower's ('train', 'evaluate', 'query') plus OSCAR's 'train.encode', the diffusion task's
-'train.diffusion', FedPhD's 'train.fedphd', LDMLR's 'train.ldmlr' and GPT-FL's
+'train.diffusion', FedPhD's 'train.fedphd', LDMLR's 'train.ldmlr', FedDDPM's 'train.dpdiffusion' and GPT-FL's
 'query.labels'. Config keys travel in a
 message's ConfigRecord 'config'; metric keys in a reply's MetricRecord 'metrics'.
 """
@@ -18,6 +18,8 @@ FEDPHD_TRAIN = f"{MessageType.TRAIN}.fedphd"
 """FedPhD's local training: the edge's U-Net, possibly pruned."""
 LDMLR_TRAIN = f"{MessageType.TRAIN}.ldmlr"
 """Local training of a classifier and its feature diffusion model (task=ldmlr)."""
+DPDIFFUSION_TRAIN = f"{MessageType.TRAIN}.dpdiffusion"
+"""FedDDPM's private training of the feature denoiser (dp-promise's two phases)."""
 
 # --- config keys (server -> client) -------------------------------------------------------------------------------
 EXPERIMENT = "experiment"
@@ -50,6 +52,11 @@ MODEL_NAME = "model-name"
 experiment's model.name."""
 
 # --- array keys ---------------------------------------------------------------------------------------------------
+CONTEXT_ARRAYS = "context"
+"""A training message's ArrayRecord of what the client uses but does not train (FedDDPM's frozen encoder): no reply
+carries it back."""
+PSEUDO_FEATURES, PSEUDO_LABELS = "features", "labels"
+"""FedDDPM with upload=features: the pseudo-features a client sampled from its private model, and their labels."""
 SCAFFOLD_CONTROL = "scaffold-control."
 """Prefix of SCAFFOLD's control variates in the model's ArrayRecord: the server control c going down, a client's
 change dc_i coming back (one ArrayRecord per message, as Flower's aggregation requires)."""
@@ -68,5 +75,8 @@ LABEL_NAMES = "label-names"
 LABEL_HISTOGRAM = "label-histogram"
 """A query fact: training examples per class."""
 TRAIN_LOSS = "train-loss"
+DP_EPSILON, DP_EPSILON_OPACUS, DP_SIGMA = "dp-epsilon", "dp-epsilon-opacus", "dp-sigma"
+"""A private client's spending so far (dp-promise's GDP accountant, and phase II alone by opacus' RDP accountant) and
+this round's noise multiplier."""
 EVAL_LOSS, EVAL_ACC = "eval-loss", "eval-acc"
 DOMAIN_CORRECT, DOMAIN_COUNT = "domain-correct", "domain-count"

@@ -26,6 +26,7 @@ from fedgen.config import (
     ExperimentConfig,
     FedAdamConfig,
     FedAvgConfig,
+    FedDDPMConfig,
     FedDFConfig,
     FedDynConfig,
     FedPhDConfig,
@@ -44,7 +45,15 @@ from fedgen.fedeval import aggregate_evaluations
 from fedgen.models import build_model
 from fedgen.tasks import ClassifierTask, Task
 from fedgen.train import Penalty, TrainResult, train
-from fedgen.wire import DIFFUSION_TRAIN, ENCODE, FEDPHD_TRAIN, LABEL_HISTOGRAM, LABELS, LDMLR_TRAIN
+from fedgen.wire import (
+    DIFFUSION_TRAIN,
+    DPDIFFUSION_TRAIN,
+    ENCODE,
+    FEDPHD_TRAIN,
+    LABEL_HISTOGRAM,
+    LABELS,
+    LDMLR_TRAIN,
+)
 from strategies.retyped import for_task
 
 Trainer = Callable[[nn.Module, ImageSet, int, int, list[Penalty]], TrainResult]
@@ -257,7 +266,7 @@ def flower(cls: type[Strategy], **kwargs) -> Callable[[RunContext], Strategy]:
 
 
 def _register_builtins() -> None:
-    from strategies import centralized, feddf, feddyn, fedopt, fedphd, gptfl, local, moon, oscar, scaffold
+    from strategies import centralized, fedddpm, feddf, feddyn, fedopt, fedphd, gptfl, local, moon, oscar, scaffold
 
     for m in (
         Method(FedAvgConfig, flower(FedAvg)),
@@ -269,6 +278,9 @@ def _register_builtins() -> None:
         Method(MoonConfig, moon.build, checkpoint=True),
         Method(FedPhDConfig, fedphd.build, checkpoint=True, task=fedphd.task, prepare=fedphd.prepare,
                query=(LABEL_HISTOGRAM,), roles={FEDPHD_TRAIN: "clients.fedphd:train"}, client_tier=CLIENT_EDGE),
+        Method(FedDDPMConfig, fedddpm.build, checkpoint=True, task=fedddpm.task, initial=fedddpm.initial,
+               prepare=fedddpm.prepare, reply_checks=fedddpm.FedDDPM.reply_checks,
+               roles={DPDIFFUSION_TRAIN: "clients.dp_diffusion:train"}),
         Method(FedDFConfig, feddf.build, task=feddf.GroupsTask, initial=feddf.initial),
         Method(GptFLConfig, gptfl.build, foundation=True, checkpoint=True, prepare=gptfl.prepare,
                reply_checks=gptfl.GptFL.reply_checks, roles={LABELS: "clients.gptfl:labels"},

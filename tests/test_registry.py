@@ -155,14 +155,17 @@ EXPECTED_KEYS["gptfl"] = {**EXPECTED_KEYS["fedavg"], "query.labels": {"label-cou
 # labels=private: only SecAgg+'s records (tests/test_gptfl.py)
 EXPECTED_KEYS["fedphd"] = {"query": {*EXPECTED_KEYS["fedavg"]["query"], "label-histogram"},  # its edge selection's
                           "train.fedphd": {"train-loss", "num-examples"}}  # (tests/test_fedphd.py)
+EXPECTED_KEYS["fedddpm"] = {"query": EXPECTED_KEYS["fedavg"]["query"],  # and the denoiser, or pseudo-features
+                           "train.dpdiffusion": {"train-loss", "num-examples", "partition-id", "dp-epsilon",
+                                                 "dp-epsilon-opacus", "dp-sigma"}}  # (tests/test_fedddpm.py)
 
 
 def test_every_federated_method_declares_what_its_clients_send():
     assert set(EXPECTED_KEYS) == {n for n, m in strategies.METHODS.items() if m.federated}
 
 
-@pytest.mark.parametrize("name", sorted(set(EXPECTED_KEYS) - {"scaffold", "moon", "gptfl", "fedphd"}))  # those:
-# test_baselines.py, test_gptfl.py and test_fedphd.py
+@pytest.mark.parametrize("name", sorted(set(EXPECTED_KEYS) - {"scaffold", "moon", "gptfl", "fedphd", "fedddpm"}))
+# those: test_baselines.py, test_gptfl.py, test_fedphd.py and test_fedddpm.py
 def test_only_what_a_method_needs_leaves_a_client(name, tiny_cfg, tiny_models, tmp_path):
     extra = {}
     if name == "oscar":

@@ -42,7 +42,8 @@ class _Conditioning(nn.Module):
         self.label = nn.Embedding(num_classes, width)
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.time_mlp(self.time(t)) + self.label(y)
+        """t and y of one shape, (batch,) or (batch, K); the embedding gains a last axis."""
+        return self.time_mlp(self.time(t.reshape(-1)).reshape(*t.shape, -1)) + self.label(y)
 
 
 class MLPDenoiser(nn.Module):
@@ -124,11 +125,16 @@ class UNet1DDenoiser(nn.Module):
 
 
 class FeatureDiffusion(nn.Module):
-    """A denoiser of standardised features, with the running per-dimension mean and std it standardises by."""
+    """A denoiser of standardised features, with the running per-dimension mean and std it standardises by.
 
-    def __init__(self, denoiser: nn.Module, dim: int) -> None:
+    ``null_from``: the timesteps from this one on were trained unconditionally, on the label ``null_label`` (dp-
+    promise's phase I); sampling uses it there."""
+
+    def __init__(self, denoiser: nn.Module, dim: int, null_from: int | None = None,
+                 null_label: int | None = None) -> None:
         super().__init__()
         self.denoiser = denoiser
+        self.null_from, self.null_label = null_from, null_label
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
 
@@ -164,12 +170,17 @@ def z0_estimate(pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, schedule
     return (z_t - (1 - abar).sqrt() * pred) / abar.sqrt()
 
 
-def ldm_loss(model: nn.Module, scheduler: DDPMScheduler, z0: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
-             t: torch.Tensor, snr_gamma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L_LDM, z0_hat) of a batch of standardised features: x0 prediction weighted by SNR_t (min-SNR clipped at
-    ``snr_gamma`` if given), or the epsilon loss (weighted by min(SNR_t, gamma) / SNR_t if clipped)."""
-    z_t = scheduler.add_noise(z0, noise, t)
-    pred = model(z_t, t, y)
+def noised(scheduler: DDPMScheduler, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """z_t of features of any leading shape (t of that shape, the feature dimension last)."""
+    d = z0.shape[-1]
+    return scheduler.add_noise(z0.reshape(-1, d), noise.reshape(-1, d), t.reshape(-1)).reshape(z0.shape)
+
+
+def weighted_error(pred: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                   scheduler: DDPMScheduler, snr_gamma: float | None = None) -> torch.Tensor:
+    """The loss of each prediction (shape of t): x0 prediction's squared error weighted by SNR_t (min-SNR clipped at
+    ``snr_gamma`` if given), or epsilon's (weighted by min(SNR_t, gamma) / SNR_t if clipped), averaged over the
+    feature dimension."""
     abar = scheduler.alphas_cumprod.to(z0.device, z0.dtype)[t]
     snr = abar / (1 - abar)
     clipped = snr.clamp(max=snr_gamma) if snr_gamma else snr
@@ -177,8 +188,15 @@ def ldm_loss(model: nn.Module, scheduler: DDPMScheduler, z0: torch.Tensor, y: to
         target, weight = z0, clipped
     else:
         target, weight = noise, clipped / snr
-    loss = (weight * ((pred - target) ** 2).mean(1)).mean()
-    return loss, z0_estimate(pred, z_t, t, scheduler)
+    return weight * ((pred - target) ** 2).mean(-1)
+
+
+def ldm_loss(model: nn.Module, scheduler: DDPMScheduler, z0: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
+             t: torch.Tensor, snr_gamma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_LDM, z0_hat) of a batch of standardised features (:func:`weighted_error`, averaged over the batch)."""
+    z_t = noised(scheduler, z0, noise, t)
+    pred = model(z_t, t, y)
+    return weighted_error(pred, z0, noise, t, scheduler, snr_gamma).mean(), z0_estimate(pred, z_t, t, scheduler)
 
 
 def sample(model: FeatureDiffusion, scheduler: DDPMScheduler, labels: torch.Tensor, steps: int,
@@ -190,9 +208,11 @@ def sample(model: FeatureDiffusion, scheduler: DDPMScheduler, labels: torch.Tens
     device = model.mean.device
     z = torch.randn((len(labels), model.mean.numel()), generator=generator).to(device)
     labels = labels.to(device)
+    null = None if model.null_from is None else torch.full_like(labels, model.null_label)
     with torch.set_grad_enabled(grad):
         for t in ddim.timesteps:
-            pred = model(z, t.expand(len(labels)).to(device), labels)
+            given = null if null is not None and t >= model.null_from else labels
+            pred = model(z, t.expand(len(labels)).to(device), given)
             z = ddim.step(pred, t, z).prev_sample
         return model.denormalize(z)
 
