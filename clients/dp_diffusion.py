@@ -26,6 +26,7 @@ from clients.common import client_data, server_round
 from fedgen import fedddpm, ldmlr
 from fedgen.diffusion import features as fd
 from fedgen.privacy import dp_diffusion, gdp
+from fedgen.results import write_atomic
 from fedgen.train import client_seed, resolve_device
 from fedgen.wire import (
     CONTEXT_ARRAYS,
@@ -70,10 +71,7 @@ def save_spent(msg: Message, context: Context, name: str, pid: int, spent: gdp.S
         context.state.config_records[LEDGER] = record
         return
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{_ledger_key(name, pid)}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomic(folder / f"{_ledger_key(name, pid)}.json", text)
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -98,8 +96,8 @@ def train(msg: Message, context: Context) -> Message:
             f"{after.epsilon(dp.delta):.4g}, over the budget dp.epsilon={dp.epsilon} (delta {dp.delta}): it does not "
             "train")
     gen = torch.Generator().manual_seed(client_seed(cfg.seed, rnd, pid))
-    losses = dp_diffusion.train_two_phase(model.diffusion, zn, y, plan, dp, scheduler, fed.num_classes,
-                                          cfg.ldmlr.snr_gamma, device, gen)
+    losses = dp_diffusion.train_two_phase(model.diffusion, zn, y, plan, dp, scheduler, cfg.ldmlr.snr_gamma, device,
+                                          gen)
     save_spent(msg, context, cfg.name, pid, after)
     metrics = {TRAIN_LOSS: losses["dp/loss-phase2"], NUM_EXAMPLES: len(y), PARTITION_ID: pid}
     if dp.private:

@@ -13,24 +13,16 @@ from collections.abc import Callable
 
 import torch
 
+from fedgen import ldmlr
 from fedgen.config import ExperimentConfig
 from fedgen.data import Federation
 from fedgen.diffusion import features as fd
-from fedgen.ldmlr import FeatureClassifier, frechet, head_of, spread
-from fedgen.models import build_model
+from fedgen.ldmlr import FeatureClassifier, frechet, spread
 
 
 def model_fn(cfg: ExperimentConfig, fed: Federation) -> Callable[[], FeatureClassifier]:
-    ld = cfg.ldmlr
-
-    def build() -> FeatureClassifier:
-        classifier = build_model(cfg.model.name, fed.num_classes, cfg.model.norm, fed.image_shape[-1])
-        dim = head_of(classifier).in_features
-        denoiser = fd.MLPDenoiser(dim, fed.num_classes + 1, ld.mlp_width, ld.mlp_depth)
-        diffusion = fd.FeatureDiffusion(denoiser, dim, null_from=cfg.dp.split_step, null_label=fed.num_classes)
-        return FeatureClassifier(classifier, diffusion)
-
-    return build
+    """LDMLR's model whose denoiser has the null label for dp-promise's phase I (timesteps from dp.split_step on)."""
+    return ldmlr.model_fn(cfg, fed, null_from=cfg.dp.split_step)
 
 
 def set_bounds(diffusion: fd.FeatureDiffusion, public_z: torch.Tensor, bound: float) -> None:
@@ -59,8 +51,7 @@ def denoiser_steps(diffusion: fd.FeatureDiffusion, zn: torch.Tensor, y: torch.Te
     for _ in range(steps):
         idx = torch.randint(0, len(y), (min(batch_size, len(y)),), generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
-        labels = torch.where(t >= diffusion.null_from, diffusion.null_label, y[idx]) \
-            if diffusion.null_from is not None else y[idx]
+        labels = diffusion.conditioning(t, y[idx])
         noise = torch.randn(zn[idx].shape, generator=gen)
         zb, labels, noise, t = (v.to(device) for v in (zn[idx], labels, noise, t))
         loss, _ = fd.ldm_loss(diffusion, scheduler, zb, labels, noise, t, snr_gamma)

@@ -67,11 +67,14 @@ def head_of(classifier: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-def model_fn(cfg: ExperimentConfig, fed: Federation) -> Callable[[], FeatureClassifier]:
+def model_fn(cfg: ExperimentConfig, fed: Federation, null_from: int | None = None) -> Callable[[], FeatureClassifier]:
+    """The classifier and its feature diffusion model (with ``null_from``: a null label for the unconditional
+    timesteps, :func:`fedgen.diffusion.features.build_feature_diffusion`)."""
+
     def build() -> FeatureClassifier:
         classifier = build_model(cfg.model.name, fed.num_classes, cfg.model.norm, fed.image_shape[-1])
         dim = head_of(classifier).in_features
-        return FeatureClassifier(classifier, fd.build_feature_diffusion(cfg.ldmlr, dim, fed.num_classes))
+        return FeatureClassifier(classifier, fd.build_feature_diffusion(cfg.ldmlr, dim, fed.num_classes, null_from))
 
     return build
 

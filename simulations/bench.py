@@ -453,10 +453,10 @@ def dp_step(out: Path, work: Path, batch: int = 64, dim: int = 64, steps: int = 
         timings: dict[str, list[float]] = {"dp": [], "plain": []}
         for _ in range(repeats):
             for kind, sigma in (("dp", 1.0), ("plain", None)):
-                model = fd.build_feature_diffusion(ld, dim, 11)
+                model = fd.build_feature_diffusion(ld, dim, 10, null_from=900)
                 p = dp_diffusion.Plan(1.0, 0, 1.0, steps, sigma, 0.0, 0.0)
                 t = time.perf_counter()
-                dp_diffusion.train_two_phase(model, zn, y, p, dp, scheduler, 10, None, torch.device("cpu"), gen)
+                dp_diffusion.train_two_phase(model, zn, y, p, dp, scheduler, None, torch.device("cpu"), gen)
                 timings[kind].append((time.perf_counter() - t) / steps)
         dp_s, plain_s = statistics.median(timings["dp"]), statistics.median(timings["plain"])
         points.append({"noise_multiplicity": k, "dp_step_s": dp_s, "plain_step_s": plain_s, "ratio": dp_s / plain_s})

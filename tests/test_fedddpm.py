@@ -88,7 +88,7 @@ def test_phase_one_is_unconditional_on_late_timesteps_and_phase_two_is_dp_sgd_on
     dp = DpConfig(sigma=1.0, noise_multiplicity=3, max_grad_norm=1.0)
     plan = dp_diffusion.Plan(0.5, 4, 0.5, 4, 1.0, 0.0, 0.0)
     scheduler = fd.feature_scheduler(LdmlrConfig(beta_schedule="linear"))
-    dp_diffusion.train_two_phase(diffusion, zn, y, plan, dp, scheduler, 3, None, torch.device("cpu"),
+    dp_diffusion.train_two_phase(diffusion, zn, y, plan, dp, scheduler, None, torch.device("cpu"),
                                  torch.Generator().manual_seed(0))
     phase1 = [not hooked for _, _, hooked in spy.calls]
     assert any(phase1) and not all(phase1) and phase1 == sorted(phase1, reverse=True)  # phase I, then phase II
@@ -106,7 +106,7 @@ def test_empty_poisson_batches_still_take_the_noisy_step():
     before = [p.detach().clone() for p in diffusion.parameters()]
     plan = dp_diffusion.Plan(1e-9, 0, 1e-9, 3, 1.0, 0.0, 0.0)  # every batch empty
     dp = DpConfig(sigma=1.0, max_grad_norm=1.0, lr2=0.1)
-    losses = dp_diffusion.train_two_phase(diffusion, zn, y, plan, dp, fd.feature_scheduler(LdmlrConfig()), 3,
+    losses = dp_diffusion.train_two_phase(diffusion, zn, y, plan, dp, fd.feature_scheduler(LdmlrConfig()),
                                           None, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert losses["dp/loss-phase2"] == 0.0
     moved = [not torch.equal(a, b) for a, b in zip(before, diffusion.parameters(), strict=True)]
@@ -114,7 +114,7 @@ def test_empty_poisson_batches_still_take_the_noisy_step():
     non_private = dp_diffusion.Plan(1e-9, 0, 1e-9, 3, None, math.inf, math.inf)
     fresh = fd.build_feature_diffusion(LdmlrConfig(mlp_width=16, mlp_depth=1), 8, 4)
     before = [p.detach().clone() for p in fresh.parameters()]
-    dp_diffusion.train_two_phase(fresh, zn, y, non_private, dp, fd.feature_scheduler(LdmlrConfig()), 3, None,
+    dp_diffusion.train_two_phase(fresh, zn, y, non_private, dp, fd.feature_scheduler(LdmlrConfig()), None,
                                  torch.device("cpu"), torch.Generator().manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
 
@@ -124,7 +124,7 @@ def test_unbounded_features_are_refused():
     diffusion = fd.build_feature_diffusion(LdmlrConfig(mlp_width=16, mlp_depth=1), 8, 4)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         dp_diffusion.train_two_phase(diffusion, zn * 3, y, dp_diffusion.Plan(1, 1, 1, 1, 1.0, 0, 0), DpConfig(),
-                                     fd.feature_scheduler(LdmlrConfig()), 3, None, torch.device("cpu"),
+                                     fd.feature_scheduler(LdmlrConfig()), None, torch.device("cpu"),
                                      torch.Generator())
 
 

@@ -141,6 +141,12 @@ class FeatureDiffusion(nn.Module):
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.denoiser(z_t, t, y)
 
+    def conditioning(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The labels the denoiser is given at timesteps t: the null label from ``null_from`` on, else y."""
+        if self.null_from is None:
+            return y
+        return torch.where(t >= self.null_from, self.null_label, y)
+
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.mean) / self.std
 
@@ -154,12 +160,16 @@ class FeatureDiffusion(nn.Module):
         self.std.lerp_(z.std(0, unbiased=False).clamp_min(1e-3), momentum)
 
 
-def build_feature_diffusion(cfg: LdmlrConfig, dim: int, num_classes: int) -> FeatureDiffusion:
+def build_feature_diffusion(cfg: LdmlrConfig, dim: int, num_classes: int,
+                            null_from: int | None = None) -> FeatureDiffusion:
+    """The configured denoiser; with ``null_from``, one label more (``num_classes``, the null label) for the
+    unconditional timesteps from ``null_from`` on."""
+    labels = num_classes if null_from is None else num_classes + 1
     if cfg.denoiser == "unet1d":
-        denoiser = UNet1DDenoiser(dim, num_classes, cfg.unet_dim, cfg.unet_mults)
+        denoiser = UNet1DDenoiser(dim, labels, cfg.unet_dim, cfg.unet_mults)
     else:
-        denoiser = MLPDenoiser(dim, num_classes, cfg.mlp_width, cfg.mlp_depth)
-    return FeatureDiffusion(denoiser, dim)
+        denoiser = MLPDenoiser(dim, labels, cfg.mlp_width, cfg.mlp_depth)
+    return FeatureDiffusion(denoiser, dim, null_from, None if null_from is None else num_classes)
 
 
 def z0_estimate(pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, scheduler: DDPMScheduler) -> torch.Tensor:
@@ -208,11 +218,10 @@ def sample(model: FeatureDiffusion, scheduler: DDPMScheduler, labels: torch.Tens
     device = model.mean.device
     z = torch.randn((len(labels), model.mean.numel()), generator=generator).to(device)
     labels = labels.to(device)
-    null = None if model.null_from is None else torch.full_like(labels, model.null_label)
     with torch.set_grad_enabled(grad):
         for t in ddim.timesteps:
-            given = null if null is not None and t >= model.null_from else labels
-            pred = model(z, t.expand(len(labels)).to(device), given)
+            steps_t = t.expand(len(labels)).to(device)
+            pred = model(z, steps_t, model.conditioning(steps_t, labels))
             z = ddim.step(pred, t, z).prev_sample
         return model.denormalize(z)
 

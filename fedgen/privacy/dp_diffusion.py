@@ -86,10 +86,12 @@ def _draws(zb, yb, k: int, low: int, high: int, gen: torch.Generator):
     return zb[:, None].expand(b, k, d), yb[:, None].expand(b, k), t, noise
 
 
-def _phase1(denoiser, zn, y, p: Plan, dp: DpConfig, scheduler, null_label: int, snr_gamma, device,
+def _phase1(denoiser, zn, y, p: Plan, dp: DpConfig, scheduler, null_label: int | None, snr_gamma, device,
             gen: torch.Generator) -> float:
     """Timesteps [S, T), unconditional, plain Adam on Poisson batches (an empty one is skipped: nothing is released
     by it). Returns the mean loss."""
+    if p.steps1 and null_label is None:
+        raise ValueError("phase I trains unconditionally: the denoiser needs a null label (build it with null_from)")
     opt = torch.optim.Adam(denoiser.parameters(), lr=dp.lr1)
     total = seen = 0.0
     for _ in range(p.steps1):
@@ -142,11 +144,13 @@ def _phase2(denoiser, zn, y, p: Plan, dp: DpConfig, scheduler, snr_gamma, device
 
 
 def train_two_phase(diffusion: fd.FeatureDiffusion, zn: torch.Tensor, y: torch.Tensor, p: Plan, dp: DpConfig,
-                    scheduler, null_label: int, snr_gamma: float | None, device: torch.device,
+                    scheduler, snr_gamma: float | None, device: torch.device,
                     gen: torch.Generator) -> dict[str, float]:
-    """One round of both phases on bounded features ``zn`` (n, d); returns the phases' mean losses."""
+    """One round of both phases on bounded features ``zn`` (n, d), phase I on the model's null label; returns the
+    phases' mean losses."""
     if zn.numel() and (zn.abs().max() > 1 + 1e-6):
         raise ValueError("dp-promise's phase I bound needs features in [-1, 1]^d")
     denoiser = diffusion.denoiser.to(device).train()
-    return {"dp/loss-phase1": _phase1(denoiser, zn, y, p, dp, scheduler, null_label, snr_gamma, device, gen),
+    return {"dp/loss-phase1": _phase1(denoiser, zn, y, p, dp, scheduler, diffusion.null_label, snr_gamma, device,
+                                      gen),
             "dp/loss-phase2": _phase2(denoiser, zn, y, p, dp, scheduler, snr_gamma, device, gen)}
