@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import shlex
+import shutil
 import time
 from dataclasses import asdict
 from datetime import datetime
@@ -125,7 +126,10 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
         )
         t_round = time.perf_counter()
 
-    config = ConfigRecord({EXPERIMENT: experiment_json, CLIENT_STATE_DIR: str((out_dir / "client_state").resolve())})
+    client_state = out_dir / "client_state"  # simulated clients' state (a SuperNode with a state-dir keeps its own)
+    if not resume:  # a fresh run starts from nothing: no earlier run's client state or privacy ledger in this folder
+        shutil.rmtree(client_state, ignore_errors=True)
+    config = ConfigRecord({EXPERIMENT: experiment_json, CLIENT_STATE_DIR: str(client_state.resolve())})
     try:
         if method.federated:  # learn which node holds which partition, and the facts the algorithm uses
             found = grid.discover(experiment_json, cfg.data.num_clients, cfg.strategy.round_timeout_s, method.query)

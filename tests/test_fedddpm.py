@@ -199,10 +199,12 @@ def test_a_client_over_its_budget_refuses_and_the_run_goes_on(tiny_cfg, tmp_path
     # client 0's node already spent most of the budget on this experiment (its ledger, on its own disk): it refuses
     # every round, naming its epsilon and the budget; the others train within theirs and the run goes on
     cfg = _cfg(tiny_cfg, {"epsilon": 5.0}, min_train_clients=1)
-    state = tmp_path / "run" / "client_state"
-    state.mkdir(parents=True)
+    state = tmp_path / "node0"
+    state.mkdir()
     (state / "dp-spent-tiny-p0.json").write_text(json.dumps(gdp.Spent(mu1_sq=4.0).to_dict()))
-    summary = run_experiment(InProcessGrid(app, 3), cfg, tmp_path / "run")
+    grid = InProcessGrid(app, 3)
+    next(c for c in grid.contexts.values() if c.node_config["partition-id"] == 0).node_config["state-dir"] = str(state)
+    summary = run_experiment(grid, cfg, tmp_path / "run")
     assert summary["status"] == "finished"
     failures = summary["failures"]
     assert [(f["round"], f["client"]) for f in failures] == [(1, 0), (2, 0)]
@@ -212,6 +214,11 @@ def test_a_client_over_its_budget_refuses_and_the_run_goes_on(tiny_cfg, tmp_path
     assert "train/fedddpm/epsilon-client0" not in rows[2] and rows[2]["train/fedddpm/epsilon-client1"] <= 5.0 + 1e-9
     spent = gdp.Spent.from_dict(json.loads((state / "dp-spent-tiny-p0.json").read_text()))
     assert spent.mu1_sq == 4.0 and not spent.phase2  # a refusal spends nothing
+    # the same experiment again into the same folder is a fresh run: the simulated clients' ledgers (the first run
+    # spent every client's whole budget there) start empty, so nobody refuses
+    assert (tmp_path / "run" / "client_state" / "dp-spent-tiny-p1.json").exists()
+    again = run_experiment(InProcessGrid(app, 3), cfg, tmp_path / "run")
+    assert again["status"] == "finished" and again["failures"] == []
 
 
 def test_bad_private_configs_fail_before_any_work(tiny_cfg, tmp_path):
