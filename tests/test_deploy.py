@@ -19,71 +19,56 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_secure_two_node_federation_over_grpc(tmp_path):
-    folder = tmp_path / "deploy"
-    state = deploy.up(folder, nodes=2, secure=True)
-    try:
-        assert state["secure"] and len(state["pids"]) == 3
-        out = tmp_path / "run"
-        run = deploy.flwr_run(
-            folder, ROOT, f"set='rounds=1 data.num_clients=2 data.partition.kind=iid' out='{out}'", timeout=400
-        )
-        assert run["status"] == "finished:completed", run
-        summary = json.loads((out / "summary.json").read_text())
-        assert summary["status"] == "finished" and summary["rounds"] == 1 and summary["final_accuracy"] > 0.3
-        assert summary["bytes_up"] > 0 and "label_histograms" not in summary  # FedAvg's server never uses them
-
-        key, _ = deploy.make_node_key(folder / "keys", "unregistered")
-        intruder = deploy.start_supernode(folder, 0, 2, key)
-        deadline = time.monotonic() + 60
-        while procs.alive(intruder) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        log = max(folder.glob("supernode-0-*.log"), key=lambda p: p.stat().st_mtime).read_text()
-        assert "Failed to activate SuperNode" in log
-        listed = json.loads(deploy.flwr(folder, "supernode", "list", deploy.CONNECTION, "--format", "json").stdout)
-        assert len(listed["nodes"]) == 2
-    finally:
-        stopped, left = deploy.down(folder)
-    assert state["pids"][0] in stopped and left == []
-    assert not any(procs.alive(p) for p in stopped)
-    assert deploy.load_state(folder)["pids"] == []
-
-
-@pytest.mark.slow
-def test_a_supernode_that_dies_mid_run_does_not_hang_it(tmp_path):
-    """Three SuperNodes over gRPC; one is stopped (by PID) once round 1 is recorded. Round 2 goes on with the two
-    left (strategy.min_train_clients=2) and the run finishes; the stopped node's missing reply is recorded."""
+def test_a_secure_federation_over_grpc_survives_a_dying_supernode_and_refuses_an_unregistered_one(tmp_path):
+    """Three SuperNodes over TLS with SuperNode authentication; one is stopped (by PID) once round 1 is recorded.
+    Round 2 goes on with the two left (strategy.min_train_clients=2) and the run finishes, the stopped node's missing
+    reply recorded. Then a SuperNode whose key was never registered tries to join and is refused."""
     import threading
 
     folder = tmp_path / "deploy"
-    state = deploy.up(folder, nodes=3, secure=False)
+    state = deploy.up(folder, nodes=3, secure=True)
     out = tmp_path / "run"
     victim = state["pids"][3]  # the SuperNode of partition 2
-    stopped = []
+    stopped_victim = []
 
     def stop_after_round_1():
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             rows = out / "rounds.jsonl"
             if rows.exists() and any(json.loads(r)["round"] == 1 for r in rows.read_text().splitlines() if r):
-                stopped.extend(procs.stop([victim])[0])
+                stopped_victim.extend(procs.stop([victim])[0])
                 return
             time.sleep(0.5)
 
     watcher = threading.Thread(target=stop_after_round_1, daemon=True)
-    watcher.start()
     try:
+        assert state["secure"] and len(state["pids"]) == 4
+        watcher.start()
         run = deploy.flwr_run(folder, ROOT, f"set='rounds=2 data.num_clients=3 data.partition.kind=iid "
                                             f"strategy.min_train_clients=2 strategy.round_timeout_s=240' out='{out}'",
                               timeout=500)
         watcher.join(5)
-        assert victim in stopped and run["status"] == "finished:completed", run
+        assert victim in stopped_victim and run["status"] == "finished:completed", run
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["status"] == "finished" and summary["rounds"] == 2
+        assert summary["status"] == "finished" and summary["rounds"] == 2 and summary["final_accuracy"] > 0.3
+        assert summary["bytes_up"] > 0 and "label_histograms" not in summary  # FedAvg's server never uses them
         assert [(f["client"], f["reason"]) for f in summary["failures"]] in (
             [], [(2, "no reply: the node is no longer connected")])
+
+        key, _ = deploy.make_node_key(folder / "keys", "unregistered")
+        intruder = deploy.start_supernode(folder, 0, 3, key)
+        deadline = time.monotonic() + 60
+        while procs.alive(intruder) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        log = max(folder.glob("supernode-0-*.log"), key=lambda p: p.stat().st_mtime).read_text()
+        assert "Failed to activate SuperNode" in log
+        listed = json.loads(deploy.flwr(folder, "supernode", "list", deploy.CONNECTION, "--format", "json").stdout)
+        assert len(listed["nodes"]) == 3  # the three registered ones (the stopped one is still registered)
     finally:
-        deploy.down(folder)
+        stopped, left = deploy.down(folder)
+    assert state["pids"][0] in stopped and left == []
+    assert not any(procs.alive(p) for p in stopped)
+    assert deploy.load_state(folder)["pids"] == []
 
 
 def test_down_stops_only_what_it_started(tmp_path):

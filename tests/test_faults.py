@@ -101,22 +101,22 @@ class InterruptingGrid(InProcessGrid):
         return super().send_and_receive(messages, timeout=timeout)
 
 
-def _interrupted_in_round_3(strategy, cfg, out, monkeypatch):
+def _interrupted_in_round_2(strategy, cfg, out, monkeypatch):
     from clients.app import app
     from strategies.local import LocalOnly
 
-    if strategy == "local":  # sends no messages: die inside round 3's server-side training instead
+    if strategy == "local":  # sends no messages: die inside round 2's server-side training instead
         original = LocalOnly.aggregate_train
 
         def dying(self, server_round, replies):
-            if server_round == 3:
+            if server_round == 2:
                 raise Interrupt
             return original(self, server_round, replies)
 
         monkeypatch.setattr(LocalOnly, "aggregate_train", dying)
         grid = InProcessGrid(app, cfg.data.num_clients)
     else:  # exchange 1 is the partition query (GPT-FL's: then its label query), then one training exchange per round
-        grid = InterruptingGrid(app, cfg.data.num_clients, die_at_call=5 if strategy == "gptfl" else 4)
+        grid = InterruptingGrid(app, cfg.data.num_clients, die_at_call=4 if strategy == "gptfl" else 3)
     with pytest.raises(Interrupt):
         run_experiment(grid, cfg, out)
     monkeypatch.undo()
@@ -128,7 +128,7 @@ def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tin
                                                                    monkeypatch):
     """The strategy's state and the clients' (FedDyn's g_k, SCAFFOLD's c and c_i, MOON's previous models, FedAdam's
     moments; FedDF's groups and seeded distillation; GPT-FL's pre-trained start, not made again) survive an
-    interruption in round 3: the resumed run ends where the whole one did."""
+    interruption in round 2: the resumed run ends where the whole one did."""
     from clients.app import app
 
     name, _, task = strategy.partition("-")
@@ -139,13 +139,13 @@ def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tin
            "gptfl": {"labels": "plain", "images_per_class": 3, "pretrain_epochs": 1}}.get(name, {})
     foundation = {"foundation": {"profile": "pretrained", "generator": {"path": str(tiny_models / "sd"), "steps": 2,
                                                                        "size": 32}}} if name == "gptfl" else {}
-    cfg = tiny_cfg(rounds=3, data={"num_clients": 4},
+    cfg = tiny_cfg(rounds=2, data={"num_clients": 4},
                    strategy={"name": name, "fraction_train": 0.5, "min_train_clients": 2, **own}, **diffusion,
                    **foundation)
     whole = run_experiment(InProcessGrid(app, 4), cfg, tmp_path / "whole")
-    _interrupted_in_round_3(name, cfg, tmp_path / "broke", monkeypatch)
+    _interrupted_in_round_2(name, cfg, tmp_path / "broke", monkeypatch)
     cut = json.loads((tmp_path / "broke" / "summary.json").read_text())
-    assert cut["status"] == "failed" and cut["rounds"] == 2
+    assert cut["status"] == "failed" and cut["rounds"] == 1
     # a new federation (new node ids, fresh client contexts): client state must come from the clients' disks
     resumed = run_experiment(InProcessGrid(app, 4, seed=9), cfg, tmp_path / "broke", resume=True)
     name = {"local": "client_models.pt", "diffusion": "unet.pt"}.get(task or strategy, "model.pt")
@@ -156,14 +156,14 @@ def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tin
         a, b = list(a.values()), list(b.values())
     assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     rows = [json.loads(r) for r in (tmp_path / "broke" / "rounds.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert [r["round"] for r in rows] == [0, 1, 2]
     assert resumed["final"] == whole["final"] and resumed["status"] == "finished"
     if name == "gptfl":  # round 0's figures, read back from its row
         assert resumed["gptfl"] == whole["gptfl"] and resumed["gptfl"]["synthetic-images"] == 30
-    if task:  # a generative run: FID, lower is better, scored in rounds 0, 2 and 3
+    if task:  # a generative run: FID, lower is better, scored in rounds 0 and 2
         assert resumed["metric"]["higher_is_better"] is False and resumed["final_scores"] == whole["final_scores"]
-        assert [r[resumed["metric"]["name"]] is None for r in rows] == [False, True, False, False]
-        assert (tmp_path / "broke" / "samples" / "round-003.png").exists()
+        assert [r[resumed["metric"]["name"]] is None for r in rows] == [False, True, False]
+        assert (tmp_path / "broke" / "samples" / "round-002.png").exists()
     # the same clients sampled, the same bytes (folder names of one length: the config carries the path); the
     # resumed run's partition query is not counted again
     assert (tmp_path / "broke" / "bytes.csv").read_text() == (tmp_path / "whole" / "bytes.csv").read_text()

@@ -15,7 +15,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from inprocess import InProcessGrid
-from test_faults import _interrupted_in_round_3
+from test_faults import _interrupted_in_round_2
 from test_registry import EXPECTED_KEYS
 
 from clients.app import app
@@ -229,8 +229,8 @@ def test_bad_fedphd_configs_fail_naming_the_key(tiny_cfg, change, message):
 
 
 # --- whole runs -------------------------------------------------------------------------------------------------
-def _cfg(tiny_cfg, tmp_path, every=2, **strategy):
-    return tiny_cfg(task="diffusion", rounds=4, data={"num_clients": 6, "partition": {"kind": "classes",
+def _cfg(tiny_cfg, tmp_path, every=2, rounds=4, **strategy):
+    return tiny_cfg(task="diffusion", rounds=rounds, data={"num_clients": 6, "partition": {"kind": "classes",
                                                                                      "classes_per_client": 2}},
                     strategy={"name": "fedphd", "fraction_train": 0.5, "cloud_every": 2, "sparse_rounds": 2,
                               **strategy},
@@ -282,11 +282,11 @@ def test_a_hierarchical_run_prunes_after_sparse_training_and_counts_each_tier(ti
 
 
 def test_resume_inside_an_edge_period_continues_exactly(tiny_cfg, tmp_path, monkeypatch):
-    """Interrupted in round 3 of a 4-round edge period (the edges' models and statistics, the pruned plan, live on
+    """Interrupted in round 2 of a 3-round edge period (the edges' models and statistics, the pruned plan, live on
     the server): the resumed run ends where the whole one did."""
-    cfg = _cfg(tiny_cfg, tmp_path, every=4, cloud_every=4, prune="start")
+    cfg = _cfg(tiny_cfg, tmp_path, every=3, rounds=3, cloud_every=3, prune="start")
     whole = run_experiment(InProcessGrid(app, 6), cfg, tmp_path / "whole")
-    _interrupted_in_round_3("fedphd", cfg, tmp_path / "broke", monkeypatch)
+    _interrupted_in_round_2("fedphd", cfg, tmp_path / "broke", monkeypatch)
     resumed = run_experiment(InProcessGrid(app, 6, seed=9), cfg, tmp_path / "broke", resume=True)
     a, b = torch.load(tmp_path / "whole" / "unet.pt"), torch.load(tmp_path / "broke" / "unet.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
