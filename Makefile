@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/fedgen-ray
 export MPLBACKEND ?= Agg
 
-.PHONY: install run test test-fast compare compare-ci ci-baseline compare-diffusion compare-baselines compare-feddf compare-gptfl compare-fedphd compare-longtail compare-private bench deploy-up deploy-down lint clean
+.PHONY: install run test test-fast compare compare-all compare-ci ci-baseline compare-diffusion compare-baselines compare-feddf compare-gptfl compare-fedphd compare-longtail compare-private compare-variance bench deploy-up deploy-down lint clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 run: install   ## the default strategy comparison on the embedded benchmark
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare $(SUITE) --out runs/compare-default
+
+compare-all: install   ## the default comparison plus Centralized, FedDF and GPT-FL, three seeds (about half an hour)
+	@mkdir -p $(RAY_TMPDIR)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_all.yaml --out runs/compare-all
 
 compare: install   ## make compare SUITE=path/to/suite.yaml
 	@mkdir -p $(RAY_TMPDIR)
@@ -71,6 +75,11 @@ compare-longtail: install   ## LDMLR: CE vs three stages vs end-to-end A/B/C, po
 	$(VENV)/bin/fedgen compare simulations/configs/suite_longtail.yaml --out runs/compare-longtail-if10
 	$(VENV)/bin/fedgen compare simulations/configs/suite_longtail.yaml --out runs/compare-longtail-if50 \
 		--set data.partition.imbalance_factor=50
+
+compare-variance: install   ## where the default comparison's seed spread comes from: FedAvg over 5 seeds, with the initial model fixed, and 5 initial models at one seed (about 15 minutes)
+	@mkdir -p $(RAY_TMPDIR)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_variance.yaml --out runs/compare-variance
+	$(VENV)/bin/fedgen compare simulations/configs/suite_variance_init.yaml --out runs/compare-variance-init
 
 compare-private: install   ## private federated feature diffusion: FedAvg / FedDDPM / FedDDPM+ / progressive at epsilon 1, 4, 10 and non-private, weights vs pseudo-feature upload
 	@mkdir -p $(RAY_TMPDIR)

@@ -726,6 +726,11 @@ class RayConfig(_Section):
 class ExperimentConfig(_Section):
     name: str = "experiment"
     seed: int = 0
+    """Everything random in the run: partition, client test splits, client training order, client sampling, server
+    draws, and (unless init_seed is set) the initial model."""
+    init_seed: Annotated[int, Field(ge=0)] | None = None
+    """Draw the initial model from this seed instead of ``seed`` (to separate the two sources of variance); None:
+    from ``seed``, as one stream with the rest."""
     rounds: PositiveInt = 10
     task: Literal["classify", "diffusion", "ldmlr"] = "classify"
     """What the clients train: a classifier (model, train), a class-conditional image DDPM (diffusion, evaluation),

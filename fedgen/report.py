@@ -21,6 +21,45 @@ def aggregate(summaries: list[dict], columns: list[str]) -> dict[str, tuple[floa
     return out
 
 
+TIE_P = 0.05
+"""A gap to the best with a paired p-value at or above this is not supported by the seeds."""
+
+
+def versus_best(finals: dict[str, dict[int, float]], higher: bool) -> dict[str, dict]:
+    """Each method against the best one (by mean final score) over the seeds both ran: the mean paired difference
+    (method minus best), its two-sided paired t-test p-value, and ``tied`` when the seeds do not support the gap —
+    the method's mean lies within one standard deviation (its own or the best's, the larger) of the best's, or p >=
+    ``TIE_P``. With one common seed there is no test (p is NaN) and the gap counts as not supported."""
+    from scipy.stats import ttest_rel
+
+    means = {label: float(np.mean(list(by_seed.values()))) for label, by_seed in finals.items()}
+    best = (max if higher else min)(means, key=means.get)
+    out = {}
+    for label, by_seed in finals.items():
+        seeds = sorted(set(by_seed) & set(finals[best]))
+        a, b = np.array([by_seed[s] for s in seeds]), np.array([finals[best][s] for s in seeds])
+        diff = a - b
+        if label == best:
+            p = 1.0
+        elif len(seeds) < 2:
+            p = float("nan")
+        elif np.ptp(diff) == 0:  # every seed the same gap: no spread to test against
+            p = 0.0 if diff[0] != 0 else 1.0
+        else:
+            p = float(ttest_rel(a, b).pvalue)
+        spread = max(float(np.std(list(by_seed.values()))), float(np.std(list(finals[best].values()))))
+        tied = label != best and (not p < TIE_P or abs(means[label] - means[best]) <= spread)
+        out[label] = {"best": best, "delta": float(diff.mean()), "p": p, "tied": tied, "seeds": len(seeds)}
+    return out
+
+
+def _versus_cell(label: str, v: dict) -> str:
+    if label == v["best"]:
+        return "best"
+    p = "p -" if np.isnan(v["p"]) else f"p {v['p']:.2f}"
+    return f"{v['delta']:+.4f} ({p}{', tied' if v['tied'] else ''})"
+
+
 def _cell(mean: float, std: float, n: int, fmt: str) -> str:
     if np.isnan(mean):
         return "-"
@@ -65,7 +104,7 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
                                for c in s.get("report_columns", [])))  # a method without one shows '-'
     nan = float("nan")
     columns = ["final", "best", *shown, "bytes_up", "bytes_down", "wall_seconds"]
-    rows, curves, points = [], {}, {}
+    rows, curves, bands, points, finals = [], {}, {}, {}, {}
     with open(out_dir / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "seed", "status", "metric", "higher_is_better", *columns, *tiers])
@@ -81,13 +120,17 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
             per_seed = [read_rounds(d) for d in runs[label].values()]
             per_seed = [[row for row in rows if row.get(name) is not None] for rows in per_seed]  # scored rounds
             n_rows = min(len(r) for r in per_seed)
-            curves[label] = (
-                [per_seed[0][i]["round"] for i in range(n_rows)],
-                [float(np.mean([r[i][name] for r in per_seed])) for i in range(n_rows)],
-            )
+            xs = [per_seed[0][i]["round"] for i in range(n_rows)]
+            ys = np.array([[r[i][name] for i in range(n_rows)] for r in per_seed], dtype=float)
+            curves[label] = (xs, ys.mean(0).tolist())
+            if len(per_seed) > 1:  # the spread over seeds, one standard deviation each side
+                bands[label] = ((ys.mean(0) - ys.std(0)).tolist(), (ys.mean(0) + ys.std(0)).tolist())
+            finals[label] = {seed: f["final"] for seed, f in flat.items()}
             points[label] = (agg["bytes_up"][0] + agg["bytes_down"][0], agg["final"][0])
     rows.sort(key=lambda r: -r[2]["final"][0] if higher else r[2]["final"][0])
     better = "higher" if higher else "lower"
+    seeded = bool(rows) and max(n for _, n, _ in rows) > 1
+    versus = versus_best(finals, higher) if seeded else {}
     lines = [
         f"# {title}",
         "",
@@ -95,16 +138,21 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
         + ("; accuracy on the global test split" if name == "accuracy" else "")
         + "; bytes summed over all clients and rounds"
         + (f"; mean ± std over {rows[0][1]} seeds." if rows and rows[0][1] > 1 else ".")
+        + (f" 'vs best': the mean paired difference in final {name} from the best method over the same seeds, "
+           "its paired t-test p-value, and 'tied' where the seeds do not support the gap (within one std of the "
+           f"best, or p >= {TIE_P})." if seeded else "")
         + (f" MB {LONG_HAUL_COLUMN}: up and down over the links that reach the central server ("
            + " and ".join(LONG_HAUL) + ")." if tiers else ""),
         "",
-        f"| method | final {name} | best {name} |" + "".join(f" {c} |" for c in shown) + " MB up | MB down |"
+        f"| method | final {name} |" + (" vs best |" if seeded else "") + f" best {name} |"
+        + "".join(f" {c} |" for c in shown) + " MB up | MB down |"
         + "".join(f" MB {t} |" for t in tiers) + " wall time (s) |",
-        "| --- " * (6 + len(shown) + len(tiers)) + "|",
+        "| --- " * (6 + seeded + len(shown) + len(tiers)) + "|",
     ]
     for label, n, a in rows:
         lines.append(
-            f"| {label} | {_cell(*a['final'], n, '.4f')} | {_cell(*a['best'], n, '.4f')} |"
+            f"| {label} | {_cell(*a['final'], n, '.4f')} |"
+            + (f" {_versus_cell(label, versus[label])} |" if seeded else "") + f" {_cell(*a['best'], n, '.4f')} |"
             + "".join(f" {_cell(*a[c], n, '.4f')} |" for c in shown)
             + f" {_cell(_mb(a['bytes_up'][0]), _mb(a['bytes_up'][1]), n, '.2f')} "
             f"| {_cell(_mb(a['bytes_down'][0]), _mb(a['bytes_down'][1]), n, '.2f')} |"
@@ -118,7 +166,8 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
     md = "\n".join(lines) + "\n"
     (out_dir / "report.md").write_text(md)
     ylabel = f"{name} ({better} is better)" + (" on the global test split" if name == "accuracy" else "")
-    plot_lines(out_dir / f"{name}.png", curves, "round", ylabel, title)
+    plot_lines(out_dir / f"{name}.png", curves, "round", ylabel,
+               title + (f" (mean ± std over {rows[0][1]} seeds)" if seeded else ""), bands=bands)
     _plot_bytes(out_dir / f"bytes_vs_{name}.png", points, name, title)
     return md
 

@@ -36,7 +36,9 @@ from fedgen.tasks import Headline
 BYTE_COLUMNS = ["bytes_up", "bytes_down", "seconds"]
 
 
-def plot_lines(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str) -> None:
+def plot_lines(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str,
+               bands: dict[str, tuple[list, list]] | None = None) -> None:
+    """One line per series; ``bands`` (label -> (low, high) at the same xs) shades a spread around its line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,7 +46,9 @@ def plot_lines(path: Path, series: dict[str, tuple[list, list]], xlabel: str, yl
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        if bands and label in bands:
+            ax.fill_between(xs, *bands[label], color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     if len(series) > 1:

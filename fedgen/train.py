@@ -38,6 +38,22 @@ def client_seed(seed: int, server_round: int, client: int) -> int:
     return seed * 100_003 + server_round * 1_009 + client
 
 
+def randomness(seed: int, init_seed: int | None, split_seed: int) -> dict:
+    """What each random draw of a run depends on, for its summary: rerunning with these values repeats it."""
+    return {
+        "seed": seed,
+        "initial_model": f"torch.manual_seed({seed if init_seed is None else init_seed})"
+                         + (" (init_seed)" if init_seed is not None else ", before anything else is drawn"),
+        "benchmark_splits": f"data.split_seed {split_seed} (public / global test / client pool, fixed across runs)",
+        "partition": f"data.partition drawn with seed {seed} (flwr-datasets partitioners, long-tail subsampling)",
+        "client_test_split": f"numpy default_rng({seed} + partition id)",
+        "client_training": f"torch Generator per client and round: {seed} * 100003 + round * 1009 + partition id",
+        "server": f"random, numpy and torch seeded with {seed} "
+                  + ("after the initial model" if init_seed is not None else "once, the initial model their first draw")
+                  + " (client sampling, server-side generation and training)",
+    }
+
+
 @dataclass
 class TrainResult:
     loss: float

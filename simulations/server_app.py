@@ -28,7 +28,7 @@ from fedgen.comm import UP, ByteLedger
 from fedgen.config import ExperimentConfig, load_config
 from fedgen.data import load_federation
 from fedgen.results import RunRecorder, read_rounds
-from fedgen.train import resolve_device
+from fedgen.train import randomness, resolve_device
 from fedgen.wire import CLIENT_STATE_DIR, EXPERIMENT, LABEL_HISTOGRAM
 from simulations.grid import PROCESS_DIED, AccountedGrid
 from simulations.loop import run_rounds
@@ -65,13 +65,15 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
     ledger) from which ``resume`` continues exactly.
     """
     out_dir = Path(out_dir)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed if cfg.init_seed is None else cfg.init_seed)
     method = strategies.method(cfg.strategy.name)
     fed = load_federation(cfg.data, cfg.seed)
     device = resolve_device(cfg.device)
     ledger = ByteLedger()
     ctx = strategies.RunContext(cfg, fed, strategies.TASKS[cfg.task].model(cfg, fed), device, out_dir, ledger)
     arrays = ArrayRecord(method.initial(ctx))  # the first draw after seeding
+    if cfg.init_seed is not None:  # the initial model came from init_seed; everything after it from seed
+        seed_everything(cfg.seed)
     model_bytes = arrays.count_bytes()
     models_used = None
     if method.foundation:  # the embedded profile is pre-trained here on first use
@@ -96,7 +98,7 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
         print(f"[{cfg.strategy.name} seed={cfg.seed}] resuming {out_dir} after round {ckpt['round']}", flush=True)
     recorder = RunRecorder(out_dir, cfg, ledger, task.headline, task.columns, rows=rows, elapsed=elapsed,
                            report=task.report)
-    recorder.extras.update(task.extras)
+    recorder.extras.update(task.extras, randomness=randomness(cfg.seed, cfg.init_seed, cfg.data.split_seed))
     if models_used:
         recorder.extras["foundation_models"] = models_used
     experiment_json = cfg.to_json()

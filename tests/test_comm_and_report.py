@@ -60,9 +60,10 @@ def test_report_from_run_folders(tmp_path):
             (d / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
             runs[label][seed] = d
     md = write_report(tmp_path, "demo", runs, "test machine")
-    assert "| B | 0.9050 ± 0.0050 |" in md and "mean ± std over 2 seeds" in md
+    assert "| B | 0.9050 ± 0.0050 | best |" in md and "mean ± std over 2 seeds" in md
+    assert "| A | 0.5050 ± 0.0050 | -0.4000 (p 0.00) |" in md  # the same gap on both seeds: not tied
     assert md.index("| B |") < md.index("| A |")  # sorted by final accuracy, best first
-    assert "| method | final accuracy | best accuracy | MB up | MB down | wall time (s) |" in md  # no other tier
+    assert "| method | final accuracy | vs best | best accuracy | MB up | MB down | wall time (s) |" in md
     for name in ("report.md", "report.csv", "accuracy.png", "bytes_vs_accuracy.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert len((tmp_path / "report.csv").read_text().splitlines()) == 5
@@ -128,3 +129,25 @@ def test_a_column_only_some_methods_report_shows_a_dash_for_the_others(tmp_path)
     md = write_report(tmp_path, "mixed", runs, "test machine")
     assert "| method | final accuracy | best accuracy | accuracy-cnn | accuracy-resnet8 | MB up |" in md
     assert "| FedAvg | 0.6500 | 0.6500 | - | - |" in md and "| FedDF | 0.6500 | 0.6500 | 0.7000 | 0.6000 |" in md
+
+
+def test_versus_best_marks_gaps_the_seeds_do_not_support():
+    from fedgen.report import versus_best
+
+    finals = {"A": {0: 0.80, 1: 0.82, 2: 0.84},
+              "B": {0: 0.70, 1: 0.71, 2: 0.73},  # 0.10-0.11 below A on every seed
+              "C": {0: 0.79, 1: 0.85, 2: 0.80}}  # 0.007 below A on average, either side seed by seed
+    v = versus_best(finals, higher=True)
+    assert {x["best"] for x in v.values()} == {"A"} and not v["A"]["tied"]
+    d = np.array([-0.10, -0.11, -0.11])  # the paired t statistic by hand: mean / (sample std / sqrt(n)), 2 dof
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(3))
+    assert t == pytest.approx(-32.0) and v["B"]["delta"] == pytest.approx(d.mean())
+    assert v["B"]["p"] == pytest.approx(1 - 32 / np.sqrt(2 + 32**2), rel=1e-3)  # Student t, 2 dof, two-sided
+    assert not v["B"]["tied"]
+    assert v["C"]["tied"] and v["C"]["p"] > 0.5
+    # lower is better: the best is the lowest mean; one common seed gives no test, so no gap counts as supported
+    v = versus_best({"X": {0: 10.0, 1: 12.0}, "Y": {0: 30.0}}, higher=False)
+    assert v["X"]["best"] == "X" and np.isnan(v["Y"]["p"]) and v["Y"]["tied"] and v["Y"]["seeds"] == 1
+    # the same gap on every seed: no spread to test, p 0
+    v = versus_best({"X": {0: 0.5, 1: 0.6}, "Y": {0: 0.4, 1: 0.5}}, higher=True)
+    assert v["Y"]["p"] == 0.0 and v["Y"]["delta"] == pytest.approx(-0.1) and not v["Y"]["tied"]

@@ -65,11 +65,14 @@ def test_json_round_trip():
 
 
 def test_suites_validate_every_run_up_front(tmp_path):
-    suite, runs = load_suite(f"{CONFIGS}/suite_default.yaml")
+    suite, runs = load_suite(f"{CONFIGS}/suite_all.yaml")
     assert set(runs) == {"Local", "FedAvg", "FedDyn", "Centralized", "OSCAR", "FedDF", "GPT-FL"}
     assert {r[0].strategy.name for r in runs.values()} == {"local", "fedavg", "feddyn", "centralized", "oscar", "feddf",
                                                            "gptfl"}
-    assert suite.target == "FedAvg"
+    assert suite.target == "FedAvg" and suite.seeds == [0, 1, 2]
+    default, default_runs = load_suite(f"{CONFIGS}/suite_default.yaml")  # make run: a subset, the very same runs
+    assert len(default.seeds) >= 3 and set(default_runs) < set(runs)
+    assert all(default_runs[m] == runs[m] for m in default_runs)
     assert runs["OSCAR"][0].rounds == 1 and runs["OSCAR"][0].foundation.profile == "embedded"
     (tmp_path / "base.yaml").write_text("rounds: 2\n")
     (tmp_path / "suite.yaml").write_text("base: base.yaml\nseeds: [0, 1]\nmethods:\n  A: [strategy.name=fedavg]\n"
@@ -135,3 +138,41 @@ def test_validating_an_oscar_config_imports_no_diffusion_library():
             "print(sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_shipped_experiment_and_suite_validates():
+    from pathlib import Path
+
+    for path in sorted(Path(CONFIGS).glob("*.yaml")):
+        if path.name.startswith("suite_"):
+            load_suite(path)
+        else:
+            load_config(path)
+
+
+def test_init_seed_moves_the_initial_model_alone_and_the_summary_says_what_each_draw_came_from(tiny_cfg, tmp_path):
+    import json
+
+    import torch
+    from inprocess import InProcessGrid
+
+    from clients.app import app
+    from fedgen.train import randomness
+    from simulations.server_app import run_experiment
+
+    def run(name, **top):
+        cfg = tiny_cfg(rounds=1, data={"num_clients": 12}, strategy={"fraction_train": 0.25}, **top)  # 3 of 12
+        summary = run_experiment(InProcessGrid(app, 12), cfg, tmp_path / name)
+        return summary, torch.load(tmp_path / name / "model.pt")
+
+    a, model_a = run("a", seed=0, init_seed=5)
+    b, model_b = run("b", seed=1, init_seed=5)  # other data order and splits, the same initial model
+    c, model_c = run("c", seed=0, init_seed=6)  # seed 0's data order, another initial model
+    rows = {n: [json.loads(x) for x in (tmp_path / n / "rounds.jsonl").read_text().splitlines()] for n in "abc"}
+    assert rows["a"][0]["loss"] == rows["b"][0]["loss"] != rows["c"][0]["loss"]  # round 0 scores the initial model
+    assert not all(torch.equal(model_a[k], model_b[k]) for k in model_a)
+    again, model_again = run("again", seed=0, init_seed=5)
+    assert all(torch.equal(model_a[k], model_again[k]) for k in model_a) and again["final"] == a["final"]
+    assert b["randomness"]["seed"] == 1 and "torch.manual_seed(5) (init_seed)" in b["randomness"]["initial_model"]
+    assert randomness(3, None, 0)["initial_model"] == "torch.manual_seed(3), before anything else is drawn"
+    assert "1 * 100003 + round * 1009" in b["randomness"]["client_training"]
