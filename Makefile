@@ -23,7 +23,7 @@ run: install   ## the default strategy comparison on the embedded benchmark
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare $(SUITE) --out runs/compare-default
 
-compare-all: install   ## the default comparison plus Centralized, FedDF and GPT-FL, three seeds (about half an hour)
+compare-all: install   ## the default comparison plus OSCAR, FedDF and GPT-FL, three seeds (about 35 minutes)
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare simulations/configs/suite_all.yaml --out runs/compare-all
 

@@ -25,15 +25,16 @@ TIE_P = 0.05
 """A gap to the best with a paired p-value at or above this is not supported by the seeds."""
 
 
-def versus_best(finals: dict[str, dict[int, float]], higher: bool) -> dict[str, dict]:
-    """Each method against the best one (by mean final score) over the seeds both ran: the mean paired difference
-    (method minus best), its two-sided paired t-test p-value, and ``tied`` when the seeds do not support the gap —
-    the method's mean lies within one standard deviation (its own or the best's, the larger) of the best's, or p >=
-    ``TIE_P``. With one common seed there is no test (p is NaN) and the gap counts as not supported."""
+def versus(finals: dict[str, dict[int, float]], higher: bool, reference: str | None = None) -> dict[str, dict]:
+    """Each method against ``reference`` (default: the best one by mean final score) over the seeds both ran: the
+    mean paired difference (method minus reference), its two-sided paired t-test p-value, and ``tied`` when the seeds
+    do not support the gap — the method's mean lies within one standard deviation (its own or the reference's, the
+    larger) of the reference's, or p >= ``TIE_P``. With one common seed there is no test (p is NaN) and the gap
+    counts as not supported."""
     from scipy.stats import ttest_rel
 
     means = {label: float(np.mean(list(by_seed.values()))) for label, by_seed in finals.items()}
-    best = (max if higher else min)(means, key=means.get)
+    best = reference if reference is not None else (max if higher else min)(means, key=means.get)
     out = {}
     for label, by_seed in finals.items():
         seeds = sorted(set(by_seed) & set(finals[best]))
@@ -53,9 +54,9 @@ def versus_best(finals: dict[str, dict[int, float]], higher: bool) -> dict[str, 
     return out
 
 
-def _versus_cell(label: str, v: dict) -> str:
+def _versus_cell(label: str, v: dict, me: str = "best") -> str:
     if label == v["best"]:
-        return "best"
+        return me
     p = "p -" if np.isnan(v["p"]) else f"p {v['p']:.2f}"
     return f"{v['delta']:+.4f} ({p}{', tied' if v['tied'] else ''})"
 
@@ -130,7 +131,8 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
     rows.sort(key=lambda r: -r[2]["final"][0] if higher else r[2]["final"][0])
     better = "higher" if higher else "lower"
     seeded = bool(rows) and max(n for _, n, _ in rows) > 1
-    versus = versus_best(finals, higher) if seeded else {}
+    to_best = versus(finals, higher) if seeded else {}
+    to_target = versus(finals, higher, target) if seeded and target in finals else {}
     lines = [
         f"# {title}",
         "",
@@ -140,19 +142,22 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
         + (f"; mean ± std over {rows[0][1]} seeds." if rows and rows[0][1] > 1 else ".")
         + (f" 'vs best': the mean paired difference in final {name} from the best method over the same seeds, "
            "its paired t-test p-value, and 'tied' where the seeds do not support the gap (within one std of the "
-           f"best, or p >= {TIE_P})." if seeded else "")
+           f"best, or p >= {TIE_P})" + (f"; 'vs {target}' the same against {target}." if to_target else ".")
+           if seeded else "")
         + (f" MB {LONG_HAUL_COLUMN}: up and down over the links that reach the central server ("
            + " and ".join(LONG_HAUL) + ")." if tiers else ""),
         "",
-        f"| method | final {name} |" + (" vs best |" if seeded else "") + f" best {name} |"
-        + "".join(f" {c} |" for c in shown) + " MB up | MB down |"
+        f"| method | final {name} |" + (" vs best |" if seeded else "") + (f" vs {target} |" if to_target else "")
+        + f" best {name} |" + "".join(f" {c} |" for c in shown) + " MB up | MB down |"
         + "".join(f" MB {t} |" for t in tiers) + " wall time (s) |",
-        "| --- " * (6 + seeded + len(shown) + len(tiers)) + "|",
+        "| --- " * (6 + bool(to_best) + bool(to_target) + len(shown) + len(tiers)) + "|",
     ]
     for label, n, a in rows:
         lines.append(
             f"| {label} | {_cell(*a['final'], n, '.4f')} |"
-            + (f" {_versus_cell(label, versus[label])} |" if seeded else "") + f" {_cell(*a['best'], n, '.4f')} |"
+            + (f" {_versus_cell(label, to_best[label])} |" if to_best else "")
+            + (f" {_versus_cell(label, to_target[label], '-')} |" if to_target else "")
+            + f" {_cell(*a['best'], n, '.4f')} |"
             + "".join(f" {_cell(*a[c], n, '.4f')} |" for c in shown)
             + f" {_cell(_mb(a['bytes_up'][0]), _mb(a['bytes_up'][1]), n, '.2f')} "
             f"| {_cell(_mb(a['bytes_down'][0]), _mb(a['bytes_down'][1]), n, '.2f')} |"

@@ -56,7 +56,7 @@ def test_report_from_run_folders(tmp_path):
                        "final": acc + seed / 100, "best": acc + 0.05, "bytes_up": 1e6, "bytes_down": 2e6,
                        "wall_seconds": 10.0, "bytes_by_tier": {"client-server": {"up": 1e6, "down": 2e6}}}
             (d / "summary.json").write_text(json.dumps(summary))
-            rows = [{"round": r, "accuracy": acc * r / 2} for r in range(3)]
+            rows = [{"round": r, "accuracy": acc * r / 2, "bytes_up": 1, "bytes_down": 1} for r in range(3)]
             (d / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
             runs[label][seed] = d
     md = write_report(tmp_path, "demo", runs, "test machine")
@@ -67,6 +67,9 @@ def test_report_from_run_folders(tmp_path):
     for name in ("report.md", "report.csv", "accuracy.png", "bytes_vs_accuracy.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert len((tmp_path / "report.csv").read_text().splitlines()) == 5
+    md = write_report(tmp_path, "demo", runs, "test machine", target="A")  # and against the suite's target
+    assert "| B | 0.9050 ± 0.0050 | best | +0.4000 (p 0.00) |" in md
+    assert "| A | 0.5050 ± 0.0050 | -0.4000 (p 0.00) | - |" in md
 
 
 def test_a_flat_and_a_hierarchical_method_in_one_report_compare_their_long_haul_bytes(tmp_path):
@@ -131,13 +134,13 @@ def test_a_column_only_some_methods_report_shows_a_dash_for_the_others(tmp_path)
     assert "| FedAvg | 0.6500 | 0.6500 | - | - |" in md and "| FedDF | 0.6500 | 0.6500 | 0.7000 | 0.6000 |" in md
 
 
-def test_versus_best_marks_gaps_the_seeds_do_not_support():
-    from fedgen.report import versus_best
+def test_versus_marks_gaps_the_seeds_do_not_support():
+    from fedgen.report import versus
 
     finals = {"A": {0: 0.80, 1: 0.82, 2: 0.84},
               "B": {0: 0.70, 1: 0.71, 2: 0.73},  # 0.10-0.11 below A on every seed
               "C": {0: 0.79, 1: 0.85, 2: 0.80}}  # 0.007 below A on average, either side seed by seed
-    v = versus_best(finals, higher=True)
+    v = versus(finals, higher=True)
     assert {x["best"] for x in v.values()} == {"A"} and not v["A"]["tied"]
     d = np.array([-0.10, -0.11, -0.11])  # the paired t statistic by hand: mean / (sample std / sqrt(n)), 2 dof
     t = d.mean() / (d.std(ddof=1) / np.sqrt(3))
@@ -146,8 +149,11 @@ def test_versus_best_marks_gaps_the_seeds_do_not_support():
     assert not v["B"]["tied"]
     assert v["C"]["tied"] and v["C"]["p"] > 0.5
     # lower is better: the best is the lowest mean; one common seed gives no test, so no gap counts as supported
-    v = versus_best({"X": {0: 10.0, 1: 12.0}, "Y": {0: 30.0}}, higher=False)
+    v = versus({"X": {0: 10.0, 1: 12.0}, "Y": {0: 30.0}}, higher=False)
     assert v["X"]["best"] == "X" and np.isnan(v["Y"]["p"]) and v["Y"]["tied"] and v["Y"]["seeds"] == 1
     # the same gap on every seed: no spread to test, p 0
-    v = versus_best({"X": {0: 0.5, 1: 0.6}, "Y": {0: 0.4, 1: 0.5}}, higher=True)
+    v = versus({"X": {0: 0.5, 1: 0.6}, "Y": {0: 0.4, 1: 0.5}}, higher=True)
     assert v["Y"]["p"] == 0.0 and v["Y"]["delta"] == pytest.approx(-0.1) and not v["Y"]["tied"]
+    v = versus(finals, higher=True, reference="C")  # against a named method (the suite's target) instead
+    assert v["C"]["best"] == "C" and v["A"]["delta"] == pytest.approx(0.82 - 0.8133, abs=1e-4) and v["A"]["tied"]
+    assert v["B"]["delta"] < 0 and v["B"]["seeds"] == 3
