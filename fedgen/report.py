@@ -123,9 +123,10 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
             n_rows = min(len(r) for r in per_seed)
             xs = [per_seed[0][i]["round"] for i in range(n_rows)]
             ys = np.array([[r[i][name] for i in range(n_rows)] for r in per_seed], dtype=float)
-            curves[label] = (xs, ys.mean(0).tolist())
+            mean, std = ys.mean(0), ys.std(0)
+            curves[label] = (xs, mean.tolist())
             if len(per_seed) > 1:  # the spread over seeds, one standard deviation each side
-                bands[label] = ((ys.mean(0) - ys.std(0)).tolist(), (ys.mean(0) + ys.std(0)).tolist())
+                bands[label] = ((mean - std).tolist(), (mean + std).tolist())
             finals[label] = {seed: f["final"] for seed, f in flat.items()}
             points[label] = (agg["bytes_up"][0] + agg["bytes_down"][0], agg["final"][0])
     rows.sort(key=lambda r: -r[2]["final"][0] if higher else r[2]["final"][0])
@@ -147,7 +148,7 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
         + (f" MB {LONG_HAUL_COLUMN}: up and down over the links that reach the central server ("
            + " and ".join(LONG_HAUL) + ")." if tiers else ""),
         "",
-        f"| method | final {name} |" + (" vs best |" if seeded else "") + (f" vs {target} |" if to_target else "")
+        f"| method | final {name} |" + (" vs best |" if to_best else "") + (f" vs {target} |" if to_target else "")
         + f" best {name} |" + "".join(f" {c} |" for c in shown) + " MB up | MB down |"
         + "".join(f" MB {t} |" for t in tiers) + " wall time (s) |",
         "| --- " * (6 + bool(to_best) + bool(to_target) + len(shown) + len(tiers)) + "|",

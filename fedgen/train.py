@@ -33,9 +33,13 @@ def proximal_penalty(global_params: list[torch.Tensor], mu: float) -> Penalty:
     return penalty
 
 
+SEED_STRIDE, ROUND_STRIDE = 100_003, 1_009
+"""How client_seed spaces the seeds of runs and of rounds."""
+
+
 def client_seed(seed: int, server_round: int, client: int) -> int:
     """The seed of one client's local training in one round (distinct per client and round)."""
-    return seed * 100_003 + server_round * 1_009 + client
+    return seed * SEED_STRIDE + server_round * ROUND_STRIDE + client
 
 
 def randomness(seed: int, init_seed: int | None, split_seed: int) -> dict:
@@ -47,7 +51,8 @@ def randomness(seed: int, init_seed: int | None, split_seed: int) -> dict:
         "benchmark_splits": f"data.split_seed {split_seed} (public / global test / client pool, fixed across runs)",
         "partition": f"data.partition drawn with seed {seed} (flwr-datasets partitioners, long-tail subsampling)",
         "client_test_split": f"numpy default_rng({seed} + partition id)",
-        "client_training": f"torch Generator per client and round: {seed} * 100003 + round * 1009 + partition id",
+        "client_training": f"torch Generator per client and round: {seed} * {SEED_STRIDE} + round * {ROUND_STRIDE} "
+                           "+ partition id",
         "server": f"random, numpy and torch seeded with {seed} "
                   + ("after the initial model" if init_seed is not None else "once, the initial model their first draw")
                   + " (client sampling, server-side generation and training)",
