@@ -44,6 +44,22 @@ def tiny_cfg():
     return make
 
 
+@pytest.fixture
+def fedgen_run():
+    """`fedgen run CONFIG --set ... --out OUT` in a subprocess (through Flower's simulation engine); returns the
+    finished process, its exit status checked."""
+    import subprocess
+
+    def run(config: str, sets: list[str], out, timeout: float = 600) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "simulations.cli", "run", config,
+                               *[a for s in sets for a in ("--set", s)], "--out", str(out)],
+                              capture_output=True, text=True, timeout=timeout, env={**os.environ})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """A random tiny BLIP captioner (``blip/``) and SD-family pipeline (``sd/``), saved in Hugging Face format."""

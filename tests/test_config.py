@@ -143,11 +143,16 @@ def test_validating_an_oscar_config_imports_no_diffusion_library():
 def test_every_shipped_experiment_and_suite_validates():
     from pathlib import Path
 
-    for path in sorted(Path(CONFIGS).glob("*.yaml")):
+    paths = sorted(Path(CONFIGS).glob("*.yaml"))
+    for path in paths:  # each raises ConfigError on a bad key, value or combination
         if path.name.startswith("suite_"):
-            load_suite(path)
+            suite, runs = load_suite(path)
+            assert set(runs) == set(suite.methods)
+            assert all(set(by_seed) == set(suite.seeds) for by_seed in runs.values()), path
         else:
-            load_config(path)
+            assert load_config(path).rounds >= 1, path
+    assert {"suite_default.yaml", "suite_all.yaml", "suite_variance.yaml", "digits_domains.yaml"} <= {
+        p.name for p in paths}
 
 
 def test_init_seed_moves_the_initial_model_alone_and_the_summary_says_what_each_draw_came_from(tiny_cfg, tmp_path):

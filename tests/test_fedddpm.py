@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -247,18 +244,13 @@ def test_bounds_map_public_features_into_the_unit_box():
 
 
 @pytest.mark.slow
-def test_a_private_federated_run_on_ray(tmp_path):
+def test_a_private_federated_run_on_ray(tmp_path, fedgen_run):
     out = tmp_path / "run"
-    sets = ["rounds=1", "data.num_clients=3", "strategy.encoder_epochs=1", "strategy.aux_per_class=4",
-            "strategy.head_per_class=8", "strategy.correction_steps=3", "ldmlr.mlp_width=16", "ldmlr.mlp_depth=1",
-            "ldmlr.sampling_steps=3", "ldmlr.score_per_class=4", "ldmlr.head_epochs=2", "dp.epochs2=1",
-            "dp.batch_size2=128"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "run", "simulations/configs/private_digits.yaml",
-         *[a for s in sets for a in ("--set", s)], "--out", str(out)],
-        capture_output=True, text=True, timeout=600, env={**os.environ},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = fedgen_run("simulations/configs/private_digits.yaml",
+                      ["rounds=1", "data.num_clients=3", "strategy.encoder_epochs=1", "strategy.aux_per_class=4",
+                       "strategy.head_per_class=8", "strategy.correction_steps=3", "ldmlr.mlp_width=16",
+                       "ldmlr.mlp_depth=1", "ldmlr.sampling_steps=3", "ldmlr.score_per_class=4",
+                       "ldmlr.head_epochs=2", "dp.epochs2=1", "dp.batch_size2=128"], out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and not summary["failures"]
     last = _rows(out)[-1]

@@ -6,9 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -295,19 +292,14 @@ def test_resume_inside_an_edge_period_continues_exactly(tiny_cfg, tmp_path, monk
 
 
 @pytest.mark.slow
-def test_fedphd_under_ray_with_per_tier_bytes(tmp_path):
+def test_fedphd_under_ray_with_per_tier_bytes(tmp_path, fedgen_run):
     out = tmp_path / "run"
-    sets = ["rounds=1", "data.num_clients=4", "strategy.name=fedphd", "strategy.cloud_every=1",
-            "strategy.prune=start", "strategy.fraction_train=0.5", "diffusion.unet=tiny",
-            "diffusion.batch_size=64", "diffusion.local_epochs=1", "evaluation.samples_per_class=2",
-            "evaluation.sampling_steps=2", "evaluation.every=1", "evaluation.reference_epochs=1",
-            f"evaluation.cache_dir={tmp_path / 'ref'}"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "run", "simulations/configs/fedphd_digits.yaml",
-         *[a for s in sets for a in ("--set", s)], "--out", str(out)],
-        capture_output=True, text=True, timeout=600, env={**os.environ},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = fedgen_run("simulations/configs/fedphd_digits.yaml",
+                      ["rounds=1", "data.num_clients=4", "strategy.name=fedphd", "strategy.cloud_every=1",
+                       "strategy.prune=start", "strategy.fraction_train=0.5", "diffusion.unet=tiny",
+                       "diffusion.batch_size=64", "diffusion.local_epochs=1", "evaluation.samples_per_class=2",
+                       "evaluation.sampling_steps=2", "evaluation.every=1", "evaluation.reference_epochs=1",
+                       f"evaluation.cache_dir={tmp_path / 'ref'}"], out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and not summary["failures"]
     tiers = summary["bytes_by_tier"]
