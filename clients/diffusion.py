@@ -3,6 +3,13 @@
 The reply carries the updated weights ('arrays') and 'metrics' with 'train-loss' and 'num-examples'; the terms a
 strategy adds to local training (FedProx, SCAFFOLD, MOON on the U-Net's mid block) are
 :mod:`clients.local_update`'s.
+
+With ``dp.epsilon`` or ``dp.sigma`` set, the client trains with dp-promise's two phases instead
+(:func:`fedgen.diffusion.train_private`: phase I unconditional on t >= dp.split_step, phase II DP-SGD through opacus),
+within its privacy budget: before training it adds this round's charge to its ledger (:mod:`clients.dp_ledger`) and
+refuses, naming both, if that would exceed ``dp.epsilon``. The reply then also carries 'dp-epsilon' (spent so far,
+GDP), 'dp-epsilon-opacus' (phase II alone, opacus' RDP accountant) and 'dp-sigma'; the weights leave as before, and
+nothing else: no image, label or gradient.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from torch import nn
 from clients.common import client_data, server_round
 from clients.local_update import LocalUpdate
 from fedgen import diffusion
-from fedgen.diffusion.task import unet_fn
+from fedgen.diffusion.task import image_size, unet_fn
 from fedgen.train import Penalty, client_seed, resolve_device
 
 
@@ -33,6 +40,14 @@ def train_unet(msg: Message, context: Context, architecture: Callable[[nn.Module
     model = architecture(unet_fn(cfg, fed)())
     update = LocalUpdate(msg, context, pid, model, len(data), device)
     rnd = server_round(msg)
-    result = diffusion.train(model, data, cfg.diffusion, device, client_seed(cfg.seed, rnd, pid), rnd,
-                             [*update.penalties, *penalties])
-    return update.reply(result)
+    seed = client_seed(cfg.seed, rnd, pid)
+    if not cfg.dp.private:
+        return update.reply(diffusion.train(model, data, cfg.diffusion, device, seed, rnd,
+                                            [*update.penalties, *penalties]))
+    from clients import dp_ledger
+
+    plan = diffusion.private_plan(len(data), cfg, image_size(cfg, fed))
+    after = dp_ledger.charge(msg, context, cfg.name, pid, rnd, cfg.dp, plan)
+    result = diffusion.train_private(model, data, cfg, plan, device, seed, [*update.penalties, *penalties])
+    dp_ledger.save_spent(msg, context, cfg.name, pid, after)
+    return update.reply(result, dp_ledger.metrics(after, plan, cfg.dp))

@@ -112,12 +112,13 @@ class LocalUpdate:
 
         self._finish.append(finish)
 
-    def reply(self, result: TrainResult) -> Message:
+    def reply(self, result: TrainResult, metrics: dict[str, float] | None = None) -> Message:
+        """The trained model and the terms' arrays; 'train-loss', 'num-examples' and ``metrics``."""
         extra: dict[str, torch.Tensor] = {}
         for finish in self._finish:
             extra.update(finish(result))
         content = RecordDict({
             "arrays": ArrayRecord({**self.model.cpu().state_dict(), **extra}),
-            "metrics": MetricRecord({TRAIN_LOSS: result.loss, NUM_EXAMPLES: result.num_examples}),
+            "metrics": MetricRecord({TRAIN_LOSS: result.loss, NUM_EXAMPLES: result.num_examples, **(metrics or {})}),
         })
         return Message(content=content, reply_to=self.msg)

@@ -103,6 +103,9 @@ class StrategyConfig(_Section):
 
     tasks: ClassVar[tuple[str, ...]] = ("classify",)
     """The tasks (top-level ``task``) the method can run."""
+    private_clients: ClassVar[bool] = False
+    """Its clients can train the image U-Net with DP-SGD (task diffusion with dp.epsilon or dp.sigma): the terms it
+    adds to local training depend on the weights only (added to the noisy gradient), never on the data."""
 
     name: str = "fedavg"
     fraction_train: Annotated[float, Field(gt=0, le=1)] = 1.0
@@ -139,11 +142,13 @@ class StrategyConfig(_Section):
 
 class FedAvgConfig(StrategyConfig):
     tasks = ("classify", "diffusion", "ldmlr")
+    private_clients = True
     name: Literal["fedavg"] = "fedavg"
 
 
 class FedProxConfig(StrategyConfig):
     tasks = ("classify", "diffusion")
+    private_clients = True
     name: Literal["fedprox"] = "fedprox"
     proximal_mu: Annotated[float, Field(ge=0)] = 0.01
     """FedProx proximal weight."""
@@ -185,6 +190,7 @@ class FedPhDConfig(StrategyConfig):
     structured pruning of the U-Net. Defaults: the official code's (A 10000, a 5000, r_g 5, ratio 0.2, lambda 1e-5)."""
 
     tasks = ("diffusion",)
+    private_clients = True
     name: Literal["fedphd"] = "fedphd"
     num_edges: PositiveInt = 2
     cloud_every: PositiveInt = 5
@@ -285,6 +291,7 @@ class FedOptConfig(StrategyConfig):
     own (train.lr or diffusion.lr); the defaults are the paper's CIFAR-10 setting."""
 
     tasks = ("classify", "diffusion")
+    private_clients = True
     eta: PositiveFloat = 1e-2
     """Server learning rate."""
     beta_1: Annotated[float, Field(ge=0, lt=1)] = 0.9
@@ -594,11 +601,13 @@ class LdmlrConfig(_Section):
 
 
 class DpConfig(_Section):
-    """dp-promise's two-phase private training of a feature denoiser (METHODS.md 5b; strategy fedddpm). Phase I,
-    timesteps [split_step, T): the plain loss, unconditional, on Poisson batches of expected size batch_size1;
-    phase II, [0, split_step): class-conditional DP-SGD through opacus. Defaults: the official CIFAR-10 settings at
-    epsilon 10 (clip 1e-2, S 900, K 4, batch 32 / 4096, 3 / 50 epochs, Adam 3e-4), per round; a client holds
-    hundreds of examples here, so configs set smaller phase-II batches."""
+    """dp-promise's two-phase private training (METHODS.md 5b) of the feature denoiser (strategy fedddpm) or, with
+    epsilon or sigma set, of the image U-Net (task diffusion, in place of the diffusion section's local training).
+    Phase I, timesteps [split_step, T): the plain loss, unconditional, on Poisson batches of expected size
+    batch_size1; phase II, [0, split_step): class-conditional DP-SGD through opacus. Defaults: the official CIFAR-10
+    settings at epsilon 10 (clip 1e-2, S 900, K 4, batch 32 / 4096, 3 / 50 epochs, Adam 3e-4), per round; a client
+    holds hundreds of examples here, so configs set smaller phase-II batches. Plain DP-SGD over all timesteps (no
+    phase I): split_step = T and epochs1 = 0."""
 
     epsilon: PositiveFloat | None = None
     """The budget over the whole run, at ``delta``. Without ``sigma``, sigma is calibrated so that a client training
@@ -618,9 +627,13 @@ class DpConfig(_Section):
     epochs2: Annotated[int, Field(ge=0)] = 50
     lr1: PositiveFloat = 3e-4
     lr2: PositiveFloat = 3e-4
+    physical_batch_size: PositiveInt | None = None
+    """Phase II processes a logical batch in chunks of at most this many examples (opacus' BatchMemoryManager scheme:
+    per-sample gradients are clipped and summed chunk by chunk, the noise added once): the same step, with the
+    per-sample gradients of one chunk in memory. None: the whole batch at once."""
     feature_bound: PositiveFloat = 3.0
     """Features are standardised by the public split's per-dimension mean and std, divided by this, and clipped to
-    [-1, 1] (phase I's bound assumes bounded data)."""
+    [-1, 1] (phase I's bound assumes bounded data; images are in [-1, 1] already)."""
 
     @property
     def private(self) -> bool:
@@ -751,7 +764,28 @@ class ExperimentConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         self.strategy.check(self)
+        if self.task == "diffusion" and self.dp.private:
+            self._check_private_images()
         return self
+
+    def _check_private_images(self) -> None:
+        """dp-promise on the image U-Net: a strategy whose client terms survive DP-SGD, a split inside the
+        timesteps, float32 training, and no diffusion-section setting that private training would ignore."""
+        dp, steps = self.dp, self.diffusion.num_train_timesteps
+        if not self.strategy.private_clients:
+            able = ", ".join(n for n, sec in SECTIONS.items() if sec.private_clients and "diffusion" in sec.tasks)
+            raise ValueError(f"strategy '{self.strategy.name}' cannot train the image U-Net with DP-SGD (dp.epsilon or "
+                             f"dp.sigma is set): its client term depends on the data, or it trains on the server. "
+                             f"Private clients run with: {able}")
+        if not 0 < dp.split_step <= steps:
+            raise ValueError(f"dp.split_step={dp.split_step} must lie in 1..{steps} (diffusion.num_train_timesteps; "
+                             f"{steps}: plain DP-SGD over every timestep, with dp.epochs1=0)")
+        if dp.split_step == steps and dp.epochs1:
+            raise ValueError(f"dp.split_step={steps} leaves phase I no timesteps: set dp.epochs1=0 (plain DP-SGD)")
+        if self.diffusion.autocast != "none":
+            raise ValueError("private training runs in float32: set diffusion.autocast=none")
+        if self.diffusion.ema_decay is not None:
+            raise ValueError("private training sends its last weights: unset diffusion.ema_decay")
 
     def train_sample_size(self) -> int:
         """Clients sampled per round, as Flower's FedAvg family computes it."""

@@ -4,15 +4,31 @@ Overall loss and accuracy are weighted by each client's test examples; accuracy 
 partition id the reply names, which the Grid has checked against the node's own) and per domain (correct and total
 counts summed over the clients, so a domain is weighted by its examples). Nothing else is averaged: a weighted mean
 of partition ids or of count lists means nothing.
+
+Training replies' metrics are Flower's weighted mean, except the privacy a client reports having spent: the round's
+largest (a mean epsilon would understate what the most exposed client spent).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedgen.train import domain_accuracy
-from fedgen.wire import DOMAIN_CORRECT, DOMAIN_COUNT, EVAL_ACC, EVAL_LOSS, NUM_EXAMPLES, PARTITION_ID
+from fedgen.wire import (
+    DOMAIN_CORRECT,
+    DOMAIN_COUNT,
+    DP_EPSILON,
+    DP_EPSILON_OPACUS,
+    EVAL_ACC,
+    EVAL_LOSS,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+)
+
+LARGEST = (DP_EPSILON, DP_EPSILON_OPACUS)
+"""Training metrics aggregated by their largest value."""
 
 
 def aggregate_evaluations(contents: list[RecordDict], weighted_by_key: str = NUM_EXAMPLES, *,
@@ -35,3 +51,14 @@ def aggregate_evaluations(contents: list[RecordDict], weighted_by_key: str = NUM
     total = np.sum([m[DOMAIN_COUNT] for m in metrics], axis=0)
     out.update({f"acc-domain-{d}": acc for d, acc in domain_accuracy(domain_names, correct, total).items()})
     return MetricRecord(out)
+
+
+def aggregate_train_metrics(contents: list[RecordDict], weighted_by_key: str = NUM_EXAMPLES) -> MetricRecord:
+    """Flower's weighted mean of the training replies' metrics, but the largest of :data:`LARGEST` (its signature is
+    Flower's ``train_metrics_aggr_fn``)."""
+    out = aggregate_metricrecords(contents, weighted_by_key)
+    for key in LARGEST:
+        values = [m[key] for c in contents for m in c.metric_records.values() if key in m]
+        if values:
+            out[key] = max(values)
+    return out

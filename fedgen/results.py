@@ -11,7 +11,8 @@ summary.json    strategy, dataset, partition, num_clients, rounds, seed, metric 
                 (the last scored round's task columns), report_columns (those the comparison report shows beside
                 the headline), bytes_up,
                 bytes_down, bytes_by_tier {tier: {up, down}}, wall_seconds, status ('running' / 'finished' /
-                'failed'), and extras
+                'failed'), and extras; a run whose clients report privacy spent also epsilon (the largest any
+                client reported, a report column) and privacy {epsilon, epsilon_opacus, delta, budget}
 <metric>.png    the headline metric per round (accuracy.png for a classifier)
 Rows are flushed as they come and the summary is rewritten each round, so an interrupted run keeps what it had;
 files rewritten whole (on resume) go to a temporary file first, then are renamed.
@@ -32,6 +33,7 @@ from fedgen.comm import CLIENT_SERVER, DOWN, UP, ByteLedger
 from fedgen.config import ExperimentConfig, dump_yaml
 from fedgen.data.images import ImageSet
 from fedgen.tasks import Headline
+from fedgen.wire import DP_EPSILON, DP_EPSILON_OPACUS
 
 BYTE_COLUMNS = ["bytes_up", "bytes_down", "seconds"]
 
@@ -172,6 +174,7 @@ class RunRecorder:
         if "accuracy" in self.columns:
             accs = [r["accuracy"] for r in trained]
             out.update(final_accuracy=accs[-1] if accs else None, best_accuracy=max(accs) if accs else None)
+        out.update(self._privacy())
         tiers = sorted({e.tier for e in self.ledger.entries} | {CLIENT_SERVER})
         return {
             **out,
@@ -183,6 +186,20 @@ class RunRecorder:
             "status": status,
             **self.extras,
         }
+
+    def _privacy(self) -> dict[str, Any]:
+        """The largest epsilon the clients reported (each reports its total so far), against the budget."""
+        def largest(key: str) -> float | None:
+            values = [r[f"train/{key}"] for r in self.rows if r.get(f"train/{key}") is not None]
+            return max(values) if values else None
+
+        epsilon = largest(DP_EPSILON)
+        if epsilon is None:
+            return {}
+        dp = self.cfg.dp
+        return {"epsilon": epsilon, "report_columns": list(dict.fromkeys([*self.report, "epsilon"])),
+                "privacy": {"epsilon": epsilon, "epsilon_opacus": largest(DP_EPSILON_OPACUS), "delta": dp.delta,
+                            "budget": dp.epsilon}}
 
     def _write_summary(self, status: str) -> dict[str, Any]:
         summary = self.summary(status)

@@ -41,7 +41,7 @@ from fedgen.config import (
 )
 from fedgen.data import Federation
 from fedgen.data.images import ImageSet
-from fedgen.fedeval import aggregate_evaluations
+from fedgen.fedeval import aggregate_evaluations, aggregate_train_metrics
 from fedgen.models import build_model
 from fedgen.tasks import ClassifierTask, Task
 from fedgen.train import Penalty, TrainResult, train
@@ -84,7 +84,7 @@ class RunContext:
         return {k for k, _ in self.model_fn().named_parameters()}
 
     def sampling(self) -> dict:
-        """Flower's FedAvg-family sampling and evaluation aggregation, from the shared strategy keys.
+        """Flower's FedAvg-family sampling and metric aggregation, from the shared strategy keys.
 
         A round samples among the nodes connected when it starts: Flower waits for ``min_available_nodes``, so that
         is the minimum a round needs, not the federation's size (a node that died must not stall every round).
@@ -95,6 +95,7 @@ class RunContext:
             min_train_nodes=s.min_train_clients, min_evaluate_nodes=1 if s.fraction_evaluate > 0 else 0,
             min_available_nodes=s.min_train_clients,
             evaluate_metrics_aggr_fn=partial(aggregate_evaluations, domain_names=self.fed.domain_names),
+            train_metrics_aggr_fn=aggregate_train_metrics,
         )
 
 

@@ -18,7 +18,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from torch import nn
 
-from fedgen.config import DiffusionConfig
+from fedgen.config import DiffusionConfig, ExperimentConfig
 from fedgen.data.images import ImageSet
 from fedgen.train import Penalty, TrainResult, loader
 
@@ -32,17 +32,28 @@ UNETS = {
 attention at the second level, 16x16 for 32x32 images."""
 
 
-def build_unet(cfg: DiffusionConfig, num_classes: int, image_size: int) -> UNet2DModel:
-    """A class-conditional U-Net (a class embedding added to the time embedding), RGB in and out."""
+def build_unet(cfg: DiffusionConfig, num_classes: int, image_size: int, null_from: int | None = None) -> UNet2DModel:
+    """A class-conditional U-Net (a class embedding added to the time embedding), RGB in and out. With
+    ``null_from``, one class embedding more, the null label ``num_classes``, for the timesteps from ``null_from`` on
+    (dp-promise's unconditional phase I); sampling uses it there."""
     channels, layers, attention, groups = UNETS[cfg.unet]
     unet = UNet2DModel(
         sample_size=image_size, in_channels=3, out_channels=3, block_out_channels=channels,
-        layers_per_block=layers, norm_num_groups=groups, num_class_embeds=num_classes,
+        layers_per_block=layers, norm_num_groups=groups,
+        num_class_embeds=num_classes if null_from is None else num_classes + 1,
         down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
         up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
     )
     unet.representation = "mid_block"  # MOON's representation (FedPhD's MOON row)
+    unet.null_from, unet.null_label = null_from, None if null_from is None else num_classes
     return unet
+
+
+def conditioning(model: nn.Module, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The class labels the U-Net is given at timestep(s) t: the null label from its ``null_from`` on, else
+    ``labels``."""
+    null_from = getattr(model, "null_from", None)
+    return labels if null_from is None else torch.where(t >= null_from, model.null_label, labels)
 
 
 def noise_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
@@ -138,7 +149,56 @@ def sample(model: UNet2DModel, cfg: DiffusionConfig, labels: torch.Tensor, steps
         y = y.to(device)
         for t in ddim.timesteps:
             with autocast(cfg.autocast, device):
-                pred = model(x, t, class_labels=y).sample
+                pred = model(x, t, class_labels=conditioning(model, t, y)).sample
             x = ddim.step(pred.float(), t, x).prev_sample
         out.append(((x.clamp(-1, 1) + 1) / 2).cpu())
     return torch.cat(out)
+
+
+def image_denoising(x0: torch.Tensor, labels: torch.Tensor, scheduler: DDPMScheduler,
+                    null_label: int | None):
+    """The U-Net's batches for dp-promise's trainer (a :class:`fedgen.privacy.dp_diffusion.Denoising`): each
+    example's K draws of (t, noise) as K rows of the batch."""
+    from fedgen.privacy.dp_diffusion import Denoising
+
+    def draw(idx, k, low, high, conditional, gen):
+        x = x0[idx].repeat_interleave(k, 0)
+        t = torch.randint(low, high, (len(x),), generator=gen)
+        noise = torch.randn(x.shape, generator=gen)
+        y = labels[idx].repeat_interleave(k) if conditional else torch.full((len(x),), null_label)
+        return tuple(v.view(len(idx), k, *v.shape[1:]) for v in (x, y, t, noise))
+
+    def loss(model, batch):
+        x, y, t, noise = (v.flatten(0, 1) for v in batch)
+        return diffusion_loss(model, scheduler, x, y, noise, t)
+
+    return Denoising(len(labels), draw, loss, draws_in_batch=True, grad_sample_mode="functorch")
+
+
+def private_plan(num_examples: int, cfg: ExperimentConfig, image_size: int):
+    """This round's :class:`fedgen.privacy.dp_diffusion.Plan` for a client with ``num_examples`` images:
+    d = 3 x size x size, images in [-1, 1]."""
+    from fedgen.privacy import dp_diffusion
+    abar = dp_diffusion.abar_at(noise_scheduler(cfg.diffusion), cfg.dp.split_step)
+    return dp_diffusion.plan(num_examples, cfg.dp, cfg.rounds, 3 * image_size**2, abar)
+
+
+def train_private(model: UNet2DModel, data: ImageSet, cfg: ExperimentConfig, p, device: torch.device, seed: int,
+                  penalties: list[Penalty] = ()) -> TrainResult:
+    """One round of dp-promise's two phases (plan ``p``) on ``data``, in place of :func:`train` (``cfg.dp``'s
+    batches, epochs and learning rates), from a generator seeded by ``seed``. The loss reported is phase II's."""
+    from fedgen.privacy import dp_diffusion
+
+    if len(data) == 0:
+        raise ValueError("cannot train on an empty dataset")
+    if p.steps1 and getattr(model, "null_label", None) is None:
+        raise ValueError("phase I trains unconditionally: the U-Net needs a null label (build it with null_from)")
+    model.to(device).train()
+    scheduler = noise_scheduler(cfg.diffusion)
+    x, y = data.tensors()
+    x0 = resize(x, model.config.sample_size).clamp(-1, 1)  # phase I's bound: images in [-1, 1]
+    task = image_denoising(x0, y, scheduler, getattr(model, "null_label", None))
+    losses = dp_diffusion.train_phases(model, task, p, cfg.dp, cfg.diffusion.num_train_timesteps, device,
+                                       torch.Generator().manual_seed(seed), penalties)
+    return TrainResult(loss=losses["dp/loss-phase2"], num_examples=len(data), steps=p.steps1 + p.steps2,
+                       lr_sum=0.0)

@@ -24,7 +24,11 @@ def image_size(cfg: ExperimentConfig, fed: Federation) -> int:
 
 
 def unet_fn(cfg: ExperimentConfig, fed: Federation):
-    return lambda: build_unet(cfg.diffusion, fed.num_classes, image_size(cfg, fed))
+    """The run's U-Net builder; with dp-promise's phase I (private clients, ``dp.epochs1`` > 0) the U-Net has the
+    null label for the timesteps from ``dp.split_step`` on."""
+    phase1 = cfg.dp.private and cfg.dp.epochs1 > 0
+    return lambda: build_unet(cfg.diffusion, fed.num_classes, image_size(cfg, fed),
+                              null_from=cfg.dp.split_step if phase1 else None)
 
 
 def real_sample(labels: np.ndarray, num_classes: int, per_class: int, seed: int = 0) -> np.ndarray:
