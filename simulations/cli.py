@@ -11,7 +11,8 @@ fedgen deploy run CONFIG [--set key=value ...] [--out DIR] [--dir DIR]  run an e
 fedgen deploy down [--dir DIR]                      stop exactly what `up` started
 fedgen deploy certs DIR                             a throwaway CA and server certificate (testing only)
 fedgen foundation prepare embedded [CONFIG] [--set ...]   pre-train the embedded captioner and generator
-fedgen bench [NAME ...] [--out DIR]                 overhead, scale, bytes, generation, throughput, diffusion, dp-step
+fedgen bench [NAME ...] [--out DIR]                 overhead, scale, bytes, generation, throughput, diffusion, dp-step,
+                                                     dp-images
 fedgen local-superlink stop [--port P]              stop the local SuperLink that `flwr run` started and left running
 """
 
@@ -71,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     fp.add_argument("profile", choices=["embedded"])
     fp.add_argument("config", nargs="?", help="an experiment YAML whose foundation section to use (default: defaults)")
     fp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    b = sub.add_parser("bench", help="benchmarks: overhead, scale, bytes, generation, throughput, diffusion, dp-step "
-                       "(default: all)")
+    b = sub.add_parser("bench", help="benchmarks: overhead, scale, bytes, generation, throughput, diffusion, dp-step, "
+                       "dp-images (default: all)")
     b.add_argument("names", nargs="*")
     b.add_argument("--out", default="bench/results", help="folder of the <name>.json results")
     ls = sub.add_parser("local-superlink", help="the local simulation SuperLink that `flwr run` starts")

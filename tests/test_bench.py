@@ -43,3 +43,14 @@ def test_diffusion_speed_trains_and_samples_the_named_unet():
                                    sample_steps=1)
     assert point["unet"] == "tiny" and point["device"] == "cpu" and point["parameters"] > 0
     assert point["train_images_per_s"] > 0 and point["sample_images_per_s"] > 0
+
+
+def test_the_private_unet_step_is_timed_and_its_memory_measured(tmp_path):
+    """One alternation, one step: the three variants (plain, DP, DP in chunks) each get a time and a peak; DP holds
+    per-sample gradients, so it needs more memory than the plain step."""
+    figures = bench.dp_images(tmp_path, tmp_path, batch=8, steps=1, repeats=1, multiplicities=(2,))
+    cpu = [p for p in figures["points"] if p["device"] == "cpu"]
+    assert [p["noise_multiplicity"] for p in cpu] == [2]
+    for p in cpu:
+        assert p["plain step_s"] > 0 and p["dp step_s"] > 0 and p["dp, chunks of 16 step_s"] > 0
+        assert p["dp peak_extra_mb"] > p["plain peak_extra_mb"]
