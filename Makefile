@@ -49,7 +49,7 @@ compare-diffusion: install   ## federated diffusion on digits, FedPhD too, sorte
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare simulations/configs/suite_diffusion.yaml --out runs/compare-diffusion
 
-compare-diffusion-private: install   ## FedAvg-DDPM with dp-promise on the image clients at epsilon 1, 5, 10 and non-private, and plain DP-SGD at 5 and 10 (about 1.5 hours on 2 CPU cores)
+compare-diffusion-private: install   ## FedAvg-DDPM with dp-promise on the image clients at epsilon 1, 5, 10 and non-private, and plain DP-SGD at 5 and 10 (68 minutes here, 2 CPU cores)
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare simulations/configs/suite_diffusion_private.yaml --out runs/compare-diffusion-private
 
