@@ -195,15 +195,11 @@ def _phase2(model: nn.Module, task: Denoising, p: Plan, dp: DpConfig, penalties:
                         opt.zero_grad(set_to_none=True)
                 else:
                     (loss * (len(chunk[0]) / len(idx))).backward()
-            if private:
-                if opt.pre_step():  # clipped, summed, noised and scaled: then the weight-only terms
-                    if penalties:
-                        _add_penalty_grads(model, penalties)
-                    opt.original_optimizer.step()
-            else:
+            # private: clipped, summed, noised and scaled by opacus first; then the weight-only terms, then Adam
+            if not private or opt.pre_step():
                 if penalties:
                     _add_penalty_grads(model, penalties)
-                opt.step()
+                (opt.original_optimizer if private else opt).step()
         if private:
             wrapped._close()
     return total / max(1, seen)
