@@ -13,6 +13,8 @@ fedgen deploy certs DIR                             a throwaway CA and server ce
 fedgen foundation prepare embedded [CONFIG] [--set ...]   pre-train the embedded captioner and generator
 fedgen bench [NAME ...] [--out DIR]                 overhead, scale, bytes, generation, throughput, diffusion, dp-step,
                                                      dp-images
+fedgen audit RUN_DIR|COMPARE_DIR ... [--canary-runs N] [--client P] [--out DIR]   membership inference and a canary
+                                                     audit of diffusion runs
 fedgen local-superlink stop [--port P]              stop the local SuperLink that `flwr run` started and left running
 """
 
@@ -76,6 +78,22 @@ def _parser() -> argparse.ArgumentParser:
                        "dp-images (default: all)")
     b.add_argument("names", nargs="*")
     b.add_argument("--out", default="bench/results", help="folder of the <name>.json results")
+    a = sub.add_parser("audit", help="empirical privacy of diffusion runs: membership inference, canary auditing")
+    a.add_argument("paths", nargs="+", help="run folders, or comparison folders (each of their runs)")
+    a.add_argument("--out", help="folder of audit.md, audit.json, roc.png (default: <first path>/audit)")
+    a.add_argument("--timesteps", default=None,
+                   help="the attack's timesteps, comma-separated (its score: the mean error over them; default "
+                        "50,100,200,500)")
+    a.add_argument("--draws", type=int, default=4, help="noise draws per example and timestep")
+    a.add_argument("--examples", type=int, default=1000, help="at most this many members, and as many non-members")
+    a.add_argument("--client", type=int, default=None,
+                   help="members: this client's training examples (default: every client's); canaries: this "
+                        "client's round (default 0)")
+    a.add_argument("--canary-runs", type=int, default=0,
+                   help="replay a client's round this many times with a canary and as many without (0: no audit)")
+    a.add_argument("--canary-rounds", type=int, default=None,
+                   help="rounds of the client's training each canary run replays (default: the run's rounds)")
+    a.add_argument("--confidence", type=float, default=0.95, help="of the Clopper-Pearson and bootstrap intervals")
     ls = sub.add_parser("local-superlink", help="the local simulation SuperLink that `flwr run` starts")
     ls.add_argument("action", choices=["stop"])
     ls.add_argument("--port", type=int, default=None,
@@ -201,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
             return _deploy(args)
         elif args.command == "foundation":
             return _prepare(args)
+        elif args.command == "audit":
+            from simulations import audit
+
+            timesteps = tuple(int(t) for t in args.timesteps.split(",")) if args.timesteps else \
+                audit.Settings.timesteps
+            settings = audit.Settings(timesteps, args.draws, args.examples, args.client, args.canary_runs,
+                                      args.canary_rounds, args.confidence)
+            return audit.main(args.paths, args.out, settings)
         elif args.command == "bench":
             from simulations.bench import main as bench
 

@@ -16,6 +16,7 @@ from fedgen.config import ConfigError, DpConfig, LdmlrConfig
 from fedgen.diffusion import features as fd
 from fedgen.privacy import dp_diffusion, gdp
 from fedgen.wire import DPDIFFUSION_TRAIN
+from simulations import audit
 from simulations.server_app import run_experiment
 
 CIFAR10 = [  # dp-promise's configs/dp_promise/cifar10_32: (epochs1, S, sigma) -> its epsilon at delta 1e-5
@@ -190,6 +191,17 @@ def test_pseudo_feature_upload_carries_generated_features_only(tiny_cfg, tmp_pat
         assert set(arrays.keys()) == {"features", "labels"}
         assert sorted(arrays["labels"].numpy().tolist()) == sorted(list(range(10)) * 3)
         assert "dp-epsilon" not in r.content["metrics"]  # non-private here
+    # `fedgen audit` on the run: the loss attack on the denoiser and the nearest-upload attack on what was sent
+    settings = audit.Settings(timesteps=(100,), draws=1, examples=60, canary_runs=2, canary_rounds=1)
+    assert audit.main([str(tmp_path / "run")], str(tmp_path / "audit"), settings, log=lambda _: None) == 0
+    result = json.loads((tmp_path / "run" / "audit.json").read_text())
+    assert result["model"] == "feature denoiser" and result["privacy"] is None
+    for attack in ("loss", "uploads"):
+        a = result["membership"][attack]
+        assert 0 <= a["auc"] <= 1 and a["members"] == a["nonmembers"] > 0
+    assert result["canary"]["epsilon_replayed"] == math.inf and result["canary"]["ceiling"] == 0.0
+    table = (tmp_path / "audit" / "audit.md").read_text()
+    assert "(uploaded pseudo-features)" in table and (tmp_path / "audit" / "roc.png").stat().st_size > 0
 
 
 def test_a_client_over_its_budget_refuses_and_the_run_goes_on(tiny_cfg, tmp_path):

@@ -250,6 +250,18 @@ def test_a_private_fedavg_ddpm_run_stays_within_its_budget_and_sends_only_weight
         assert set(reply.content["arrays"].keys()) == keys
         assert set(reply.content["metrics"].keys()) == {TRAIN_LOSS, NUM_EXAMPLES, DP_EPSILON, DP_EPSILON_OPACUS,
                                                         DP_SIGMA}
+    # `fedgen audit` on the run: the loss attack on the U-Net, and a client's round replayed with a canary
+    from simulations import audit
+
+    settings = audit.Settings(timesteps=(100,), draws=1, examples=40, canary_runs=2, canary_rounds=1)
+    assert audit.main([str(tmp_path / "run")], None, settings, log=lambda _: None) == 0
+    result = json.loads((tmp_path / "run" / "audit.json").read_text())
+    assert result["model"] == "image U-Net" and result["epsilon"] == privacy["epsilon"]
+    assert 0 <= result["membership"]["loss"]["auc"] <= 1
+    plan = private_plan(result["canary"]["client_examples"], cfg, 16)
+    assert result["canary"]["epsilon_replayed"] == pytest.approx(gdp.epsilon_of(math.hypot(plan.mu1, plan.mu2), 1e-5))
+    assert result["canary"]["epsilon_lb"] <= result["canary"]["epsilon_replayed"]
+    assert "| run |" in (tmp_path / "run" / "audit" / "audit.md").read_text()
 
 
 def test_fedphd_with_private_clients_prunes_and_stays_within_budget(tiny_cfg, tmp_path, reference_cache):
@@ -264,6 +276,13 @@ def test_fedphd_with_private_clients_prunes_and_stays_within_budget(tiny_cfg, tm
     replies = [m for m in grid.received if m.metadata.message_type != MessageType.QUERY]
     assert replies and all(set(m.content["metrics"].keys()) >= {DP_EPSILON, DP_SIGMA} for m in replies)
     assert all(not any("grad" in k for k in m.content["arrays"].keys()) for m in replies)
+    # `fedgen audit` loads the pruned U-Net from the plan in the checkpoint and scores it
+    from simulations import audit
+
+    settings = audit.Settings(timesteps=(100,), draws=1, examples=40)
+    assert audit.main([str(tmp_path / "run")], None, settings, log=lambda _: None) == 0
+    result = json.loads((tmp_path / "run" / "audit.json").read_text())
+    assert 0 <= result["membership"]["loss"]["auc"] <= 1 and "canary" not in result
 
 
 def test_train_private_refuses_phase_one_without_a_null_label(tiny_cfg):
