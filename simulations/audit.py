@@ -79,13 +79,16 @@ class Target:
         """Local: each client's own model (client_models.pt); the one audited is ``client``'s (default 0)."""
         self.client = client if client is not None or not self.local else 0
         if self.image:
-            self.model, file = unet_fn(cfg, self.fed)(), "unet.pt"
+            unet, file = unet_fn(cfg, self.fed), "unet.pt"
             if cfg.strategy.name == "fedphd":  # pruned during the run: its plan is in the checkpoint
-                self.model = pruning.apply_plan(self.model, checkpoint.load(run_dir)["strategy"]["plan"] or [])
+                plan = checkpoint.load(run_dir)["strategy"]["plan"] or []
+                self.build = lambda: pruning.apply_plan(unet(), plan)
+            else:
+                self.build = unet
             self.scheduler = noise_scheduler(cfg.diffusion)
         elif cfg.task == "ldmlr" and cfg.ldmlr.method != "ce":
-            build = fedddpm.model_fn(cfg, self.fed) if self.private_features else ldmlr.model_fn(cfg, self.fed)
-            self.model, file = build(), "model.pt"
+            self.build = fedddpm.model_fn(cfg, self.fed) if self.private_features else ldmlr.model_fn(cfg, self.fed)
+            file = "model.pt"
             self.scheduler = fd.feature_scheduler(cfg.ldmlr)
         else:
             raise ConfigError(f"{run_dir} is not a diffusion run (task {cfg.task}): the audit needs an image U-Net "
@@ -94,6 +97,7 @@ class Target:
             state = torch.load(run_dir / "client_models.pt", weights_only=True)[self.client]
         else:
             state = torch.load(run_dir / file, weights_only=True)
+        self.model = self.build()
         self.model.load_state_dict(state)
         self.model.to(self.device).eval()
 
@@ -131,6 +135,14 @@ class Target:
     def generator(self) -> torch.nn.Module:
         return self.model if self.image else self.model.diffusion
 
+    def untrained(self) -> torch.nn.Module:
+        """The run's generator as built before any training (its initial model's seed): the attack's control, what
+        the same scores give when no example was trained on (a difference between the member and non-member
+        samples, not memorisation)."""
+        torch.manual_seed(self.cfg.seed if self.cfg.init_seed is None else self.cfg.init_seed)
+        fresh = self.build()
+        return fresh if self.image else fresh.diffusion
+
     # --- who is a member -------------------------------------------------------------------------------------------
     def members(self, client: int | None) -> ImageSet:
         """A client's training examples; None: every client's."""
@@ -154,7 +166,11 @@ def membership(target: Target, s: Settings) -> dict:
     xo, yo = target.inputs(test.subset(oi))
     em = target.errors(target.generator, xm, ym, s.timesteps, s.draws, s.batch_size, s.seed)
     eo = target.errors(target.generator, xo, yo, s.timesteps, s.draws, s.batch_size, s.seed)
+    control = target.untrained()
+    cm = target.errors(control, xm, ym, s.timesteps, s.draws, s.batch_size, s.seed)
+    co = target.errors(control, xo, yo, s.timesteps, s.draws, s.batch_size, s.seed)
     out = {"loss": audit.attack_report(-em.mean(1), -eo.mean(1), seed=s.seed),
+           "control": audit.attack_report(-cm.mean(1), -co.mean(1), seed=s.seed),
            "auc_per_timestep": {int(t): audit.roc(-em[:, j], -eo[:, j])[2] for j, t in enumerate(s.timesteps)}}
     if not target.image and target.cfg.strategy.upload == "features":
         pool = checkpoint.load(target.dir)["strategy"]["pool"]
@@ -301,22 +317,30 @@ def _accountant(r: dict) -> str:
 
 def table(results: list[dict]) -> str:
     head = ("| run | model | epsilon (accountant, run) | canary: epsilon of the rounds replayed "
-            "| empirical lower bound | MIA AUC [95% CI] | TPR at 1% FPR [95% CI] | TPR at 0.1% FPR |")
-    lines = [head, "| " + " | ".join(["---"] * 8) + " |"]
+            "| empirical lower bound | MIA AUC [95% CI] | control: AUC of the untrained model "
+            "| TPR at 1% FPR [95% CI] | TPR at 0.1% FPR |")
+    lines = [head, "| " + " | ".join(["---"] * 9) + " |"]
     for r in results:
-        name = Path(r["run"]).parent.name if Path(r["run"]).name.startswith("seed") else Path(r["run"]).name
+        name = _name(r)
         rows = [("loss", name)]
         if "uploads" in r["membership"]:
             rows.append(("uploads", f"{name} (uploaded pseudo-features)"))
         for key, label in rows:
             a, c = r["membership"][key], r.get("canary") if key == "loss" else None
+            control = r["membership"]["control"]["auc"] if key == "loss" else None
             lines.append(" | ".join([
                 f"| {label}", r["model"], _accountant(r),
                 _fmt(c["epsilon_replayed"], digits=2) if c else "-",
                 f"{_fmt(c['epsilon_lb'], digits=2)} (of {c['ceiling']:.2f} provable)" if c else "-",
-                _fmt(a["auc"], a["auc_ci"]), _fmt(a["tpr@0.01"], a["tpr@0.01_ci"]),
+                _fmt(a["auc"], a["auc_ci"]), _fmt(control), _fmt(a["tpr@0.01"], a["tpr@0.01_ci"]),
                 _fmt(a["tpr@0.001"]) + " |"]))
     return "\n".join(lines) + "\n"
+
+
+def _name(r: dict) -> str:
+    """A comparison's method label (<method>/seed<k>), or the run folder's name."""
+    path = Path(r["run"])
+    return path.parent.name if path.name.startswith("seed") else path.name
 
 
 def roc_plot(results: list[dict], path: Path) -> None:
@@ -327,7 +351,7 @@ def roc_plot(results: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for r in results:
-        name = Path(r["run"]).parent.name if Path(r["run"]).name.startswith("seed") else Path(r["run"]).name
+        name = _name(r)
         for key, suffix in (("loss", ""), ("uploads", " (uploads)")):
             if key in r["membership"]:
                 a = r["membership"][key]

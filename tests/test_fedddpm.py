@@ -196,7 +196,7 @@ def test_pseudo_feature_upload_carries_generated_features_only(tiny_cfg, tmp_pat
     assert audit.main([str(tmp_path / "run")], str(tmp_path / "audit"), settings, log=lambda _: None) == 0
     result = json.loads((tmp_path / "run" / "audit.json").read_text())
     assert result["model"] == "feature denoiser" and result["privacy"] is None
-    for attack in ("loss", "uploads"):
+    for attack in ("loss", "control", "uploads"):
         a = result["membership"][attack]
         assert 0 <= a["auc"] <= 1 and a["members"] == a["nonmembers"] > 0
     assert result["canary"]["epsilon_replayed"] == math.inf and result["canary"]["ceiling"] == 0.0
