@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/fedgen-ray
 export MPLBACKEND ?= Agg
 
-.PHONY: install run test test-fast compare compare-all compare-ci ci-baseline compare-diffusion compare-diffusion-private compare-baselines compare-feddf compare-gptfl compare-fedphd compare-longtail compare-private compare-variance bench deploy-up deploy-down lint clean
+.PHONY: install run test test-fast compare compare-all compare-ci ci-baseline compare-diffusion compare-diffusion-private compare-baselines compare-feddf compare-gptfl compare-fedphd compare-longtail compare-private compare-variance audit-private bench deploy-up deploy-down lint clean
 
 install: $(STAMP)
 
@@ -88,6 +88,14 @@ compare-variance: install   ## where the default comparison's seed spread comes 
 compare-private: install   ## private federated feature diffusion: FedAvg / FedDDPM / FedDDPM+ / progressive at epsilon 1, 4, 10 and non-private, weights vs pseudo-feature upload
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen compare simulations/configs/suite_private.yaml --out runs/compare-private
+
+audit-private: install   ## empirical privacy of make compare-private's runs (FedAvg of the denoisers: membership inference and canary audits, 2 x 50 replays of a client's 5 rounds each; pseudo-feature uploads: membership inference) and of make compare-diffusion-private's (membership inference)
+	$(VENV)/bin/fedgen audit "runs/compare-private/FedAvg eps=1" "runs/compare-private/FedAvg eps=4" \
+		"runs/compare-private/FedAvg eps=10" "runs/compare-private/FedAvg non-private" \
+		--canary-runs 50 --out runs/audit-private
+	$(VENV)/bin/fedgen audit "runs/compare-private/Features upload eps=4" \
+		"runs/compare-private/Features upload non-private" --out runs/audit-private-uploads
+	$(VENV)/bin/fedgen audit runs/compare-diffusion-private --out runs/audit-diffusion-private
 
 bench: install   ## figures into bench/results/<name>.json: make bench [BENCH="overhead scale ..."]
 	@mkdir -p $(RAY_TMPDIR)
