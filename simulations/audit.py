@@ -65,12 +65,24 @@ class Settings:
     seed: int = 0
 
 
+def check(cfg: ExperimentConfig, run_dir: Path, canaries: bool = False) -> None:
+    """What the audit can do with this run, or a ConfigError naming why not."""
+    if cfg.task != "diffusion" and not (cfg.task == "ldmlr" and cfg.ldmlr.method != "ce"):
+        raise ConfigError(f"{run_dir} is not a diffusion run (task {cfg.task}): the audit needs an image U-Net "
+                          "(task diffusion) or a feature denoiser (task ldmlr, method not 'ce')")
+    if canaries and cfg.task == "ldmlr" and cfg.strategy.name != "fedddpm":
+        raise ConfigError(f"{run_dir}: canary audits replay a client's training of the denoiser, which feature runs "
+                          "have with strategy fedddpm only (LDMLR trains it with the classifier): drop "
+                          "--canary-runs for this run")
+
+
 class Target:
     """A run's final model and how to score examples against it."""
 
     def __init__(self, run_dir: Path, client: int | None = None) -> None:
         self.dir = run_dir
         cfg = self.cfg = load_config(run_dir / "config.yaml")
+        check(cfg, run_dir)
         self.fed: Federation = load_federation(cfg.data, cfg.seed)
         self.device = resolve_device(cfg.device)
         self.image = cfg.task == "diffusion"
@@ -86,13 +98,10 @@ class Target:
             else:
                 self.build = unet
             self.scheduler = noise_scheduler(cfg.diffusion)
-        elif cfg.task == "ldmlr" and cfg.ldmlr.method != "ce":
+        else:
             self.build = fedddpm.model_fn(cfg, self.fed) if self.private_features else ldmlr.model_fn(cfg, self.fed)
             file = "model.pt"
             self.scheduler = fd.feature_scheduler(cfg.ldmlr)
-        else:
-            raise ConfigError(f"{run_dir} is not a diffusion run (task {cfg.task}): the audit needs an image U-Net "
-                              "(task diffusion) or a feature denoiser (task ldmlr, method not 'ce')")
         if self.local:
             state = torch.load(run_dir / "client_models.pt", weights_only=True)[self.client]
         else:
@@ -164,15 +173,15 @@ def membership(target: Target, s: Settings) -> dict:
     mi, oi = audit.label_matched(members.labels, test.labels, s.examples, s.seed)
     xm, ym = target.inputs(members.subset(mi))
     xo, yo = target.inputs(test.subset(oi))
-    em = target.errors(target.generator, xm, ym, s.timesteps, s.draws, s.batch_size, s.seed)
-    eo = target.errors(target.generator, xo, yo, s.timesteps, s.draws, s.batch_size, s.seed)
-    control = target.untrained()
-    cm = target.errors(control, xm, ym, s.timesteps, s.draws, s.batch_size, s.seed)
-    co = target.errors(control, xo, yo, s.timesteps, s.draws, s.batch_size, s.seed)
+
+    def errors(model):
+        return (target.errors(model, x, y, s.timesteps, s.draws, s.batch_size, s.seed) for x, y in ((xm, ym), (xo, yo)))
+
+    (em, eo), (cm, co) = errors(target.generator), errors(target.untrained())
     out = {"loss": audit.attack_report(-em.mean(1), -eo.mean(1), seed=s.seed),
            "control": audit.attack_report(-cm.mean(1), -co.mean(1), seed=s.seed),
            "auc_per_timestep": {int(t): audit.roc(-em[:, j], -eo[:, j])[2] for j, t in enumerate(s.timesteps)}}
-    if not target.image and target.cfg.strategy.upload == "features":
+    if getattr(target.cfg.strategy, "upload", None) == "features":  # FedDDPM's pseudo-feature upload
         pool = checkpoint.load(target.dir)["strategy"]["pool"]
         if pool is not None:
             out["uploads"] = audit.attack_report(*(_nearest_upload(x, y, *pool, target) for x, y in
@@ -370,8 +379,7 @@ def main(paths: list[str], out: str | None, s: Settings, log=print) -> int:
     runs = [d for p in paths for d in run_dirs(Path(p))]
     configs: list[ExperimentConfig] = [load_config(d / "config.yaml") for d in runs]  # fail before any work
     for d, cfg in zip(runs, configs, strict=True):
-        if cfg.task != "diffusion" and not (cfg.task == "ldmlr" and cfg.ldmlr.method != "ce"):
-            raise ConfigError(f"{d} is not a diffusion run (task {cfg.task})")
+        check(cfg, d, canaries=s.canary_runs > 0)
         if s.client is not None and not 0 <= s.client < cfg.data.num_clients:
             raise ConfigError(f"--client {s.client} is outside 0..{cfg.data.num_clients - 1} for {d}")
     results = [audit_run(d, s, log) for d in runs]

@@ -152,6 +152,10 @@ def test_fedgen_audit_refuses_what_it_cannot_audit_before_any_work(tiny_cfg, tmp
     (tmp_path / "classify" / "config.yaml").write_text(dump_yaml(tiny_cfg()))
     with pytest.raises(ConfigError, match="not a diffusion run"):
         command.main([str(tmp_path / "classify")], None, command.Settings())
+    (tmp_path / "ldmlr").mkdir()
+    (tmp_path / "ldmlr" / "config.yaml").write_text(dump_yaml(tiny_cfg(task="ldmlr")))
+    with pytest.raises(ConfigError, match="canary audits replay"):
+        command.main([str(tmp_path / "ldmlr")], None, command.Settings(canary_runs=2))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="neither a run folder"):
         command.main([str(tmp_path / "empty")], None, command.Settings())
