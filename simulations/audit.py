@@ -221,7 +221,8 @@ def _crafted(target: Target, data: ImageSet, seed: int) -> tuple[ImageSet | torc
 
 
 def canaries(target: Target, s: Settings, log=print) -> dict:
-    """Replays client ``s.client`` (default 0)'s local training with and without a canary."""
+    """Replays ``--client``'s (default 0) local training ``s.canary_runs`` times with a canary and as many without;
+    the bound, against the accountant's epsilon of the rounds replayed."""
     cfg, pid = target.cfg, target.client or 0
     data = target.members(pid)
     crafted, label = _crafted(target, data, cfg.seed)
@@ -265,8 +266,8 @@ def canaries(target: Target, s: Settings, log=print) -> dict:
     replayed_eps = gdp.epsilon_of(mu, cfg.dp.delta) if p.sigma is not None else math.inf
     return {**asdict(result), "client": pid, "client_examples": len(data), "canary_label": label,
             "runs": s.canary_runs, "rounds": rounds, "timestep": CANARY_TIMESTEPS[result.column],
-            "epsilon_replayed": replayed_eps,
-            "sigma": p.sigma, "seconds": time.perf_counter() - t0, "exceeds": bool(result.epsilon_lb > replayed_eps)}
+            "epsilon_replayed": replayed_eps, "sigma": p.sigma, "seconds": time.perf_counter() - t0,
+            "exceeds": bool(result.epsilon_lb > replayed_eps)}
 
 
 def spent_epsilon(run_dir: Path) -> float | None:
