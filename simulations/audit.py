@@ -3,21 +3,21 @@
 For each run (an image U-Net, task diffusion; or a feature denoiser, task ldmlr / strategy fedddpm; federated or
 not, private or not):
 
-- membership inference against the final model (FedPhD's pruned as its plan says; with strategy local, ``--client``'s
-  own model, default 0's): members are the clients' training examples (all clients', or ``--client``'s; Local: its
-  own), non-members the global test split, label-matched; the score is minus the denoising error at
-  ``--timesteps`` (the mean over them and over ``--draws`` fixed noise draws). The public split is not used as
-  non-members: a feature model's encoder was trained on it, so its features are not of the clients' distribution.
+- membership inference against the final model (rebuilt as the registry says, :func:`strategies.model_fn`: FedPhD's
+  pruned as its plan says; with per-client models, Local's, ``--client``'s, default 0's): members are the clients'
+  training examples (all clients', or ``--client``'s; with per-client models, that client's own), non-members the
+  global test split, label-matched; the score is minus the denoising error at ``--timesteps`` (the mean over them
+  and over ``--draws`` fixed noise draws). The public split is not used as non-members: a feature model's encoder
+  was trained on it, so its features are not of the clients' distribution.
 - with pseudo-feature upload (strategy.upload=features), the same members and non-members against what the clients
   sent (kept in the run's checkpoint): minus the distance to the nearest uploaded pseudo-feature of the same class.
 - with ``--canary-runs N``: one client's (``--client``, default 0) local training, replayed as the run trained it
   (its plan: sampling rates, steps, sigma, clip, for ``--canary-rounds`` rounds back to back, by default the run's;
   from the final global model; the server's averaging with other clients, and weight-only strategy terms such as
-  FedProx's, left out) N times with a crafted canary
-  added to its data and N times without; the canary's denoising error at each audit timestep, against that of
-  crafted references never trained on, is the test. The bound is compared with the accountant's epsilon of the
-  rounds replayed (what the client's ledger charges for them); a bound above it is a bug in the implementation
-  (clipping, noise or sampling), and the command fails.
+  FedProx's, left out) N times with a crafted canary added to its data and N times without; the canary's denoising
+  error at each audit timestep, against that of crafted references never trained on, is the test. The bound is
+  compared with the accountant's epsilon of the rounds replayed (what the client's ledger charges for them); a
+  bound above it is a bug in the implementation (clipping, noise or sampling), and the command fails.
 
 Writes RUN/audit.json for each run, and OUT/audit.json, OUT/audit.md (the table) and OUT/roc.png (the attacks' ROC
 curves, log-log).
@@ -35,16 +35,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import strategies
 from fedgen import checkpoint, fedddpm, ldmlr
 from fedgen.config import ConfigError, ExperimentConfig, load_config
 from fedgen.data import Federation, ImageSet, load_federation
-from fedgen.diffusion import conditioning, noise_scheduler, pruning, resize
+from fedgen.diffusion import conditioning, noise_scheduler, resize
 from fedgen.diffusion import features as fd
 from fedgen.diffusion import train as train_unet
 from fedgen.diffusion import train_private as train_unet_private
-from fedgen.diffusion.task import unet_fn
 from fedgen.privacy import audit, dp_diffusion, gdp
 from fedgen.train import client_seed, resolve_device
+from fedgen.wire import DPDIFFUSION_TRAIN
+from strategies.local import CLIENT_MODELS
 
 CANARY_TIMESTEPS = (10, 100, 500, 950)
 """The canary's scores: one in each part of phase II and one in phase I (t >= dp.split_step's default 900)."""
@@ -65,15 +67,21 @@ class Settings:
     seed: int = 0
 
 
+def dp_rounds(cfg: ExperimentConfig) -> bool:
+    """The run's feature clients train the denoiser in dp-promise rounds (the registry gives its method that role):
+    their features were bounded into [-1, 1]^d, and a canary can replay a round."""
+    return DPDIFFUSION_TRAIN in strategies.method(cfg.strategy.name).roles
+
+
 def check(cfg: ExperimentConfig, run_dir: Path, canaries: bool = False) -> None:
     """What the audit can do with this run, or a ConfigError naming why not."""
     if cfg.task != "diffusion" and not (cfg.task == "ldmlr" and cfg.ldmlr.method != "ce"):
         raise ConfigError(f"{run_dir} is not a diffusion run (task {cfg.task}): the audit needs an image U-Net "
                           "(task diffusion) or a feature denoiser (task ldmlr, method not 'ce')")
-    if canaries and cfg.task == "ldmlr" and cfg.strategy.name != "fedddpm":
-        raise ConfigError(f"{run_dir}: canary audits replay a client's training of the denoiser, which feature runs "
-                          "have with strategy fedddpm only (LDMLR trains it with the classifier): drop "
-                          "--canary-runs for this run")
+    if canaries and cfg.task == "ldmlr" and not dp_rounds(cfg):
+        raise ConfigError(f"{run_dir}: canary audits replay a client's round of denoiser training, which a feature "
+                          f"run has under dp-promise clients only (strategy fedddpm; {cfg.strategy.name}'s train it "
+                          "with the classifier): drop --canary-runs for this run")
 
 
 class Target:
@@ -86,26 +94,19 @@ class Target:
         self.fed: Federation = load_federation(cfg.data, cfg.seed)
         self.device = resolve_device(cfg.device)
         self.image = cfg.task == "diffusion"
-        self.private_features = cfg.strategy.name == "fedddpm"
-        self.local = cfg.strategy.name == "local"
-        """Local: each client's own model (client_models.pt); the one audited is ``client``'s (default 0)."""
-        self.client = client if client is not None or not self.local else 0
-        if self.image:
-            unet, file = unet_fn(cfg, self.fed), "unet.pt"
-            if cfg.strategy.name == "fedphd":  # pruned during the run: its plan is in the checkpoint
-                plan = checkpoint.load(run_dir)["strategy"]["plan"] or []
-                self.build = lambda: pruning.apply_plan(unet(), plan)
-            else:
-                self.build = unet
-            self.scheduler = noise_scheduler(cfg.diffusion)
+        self.bounded = not self.image and dp_rounds(cfg)
+        self.state = checkpoint.load(run_dir)["strategy"] if strategies.method(cfg.strategy.name).checkpoint \
+            else None
+        """The strategy's state at the end of the run (FedPhD's pruning plan, FedDDPM's uploaded pool)."""
+        self.build = strategies.model_fn(cfg, self.fed, self.state)
+        self.scheduler = noise_scheduler(cfg.diffusion) if self.image else fd.feature_scheduler(cfg.ldmlr)
+        per_client = run_dir / f"{CLIENT_MODELS}.pt"  # a run whose clients keep their own models (Local)
+        self.client = 0 if client is None and per_client.is_file() else client
+        """Whose model (with per-client models) and whose examples are audited (None: every client's)."""
+        if per_client.is_file():
+            state = torch.load(per_client, weights_only=True)[self.client]
         else:
-            self.build = fedddpm.model_fn(cfg, self.fed) if self.private_features else ldmlr.model_fn(cfg, self.fed)
-            file = "model.pt"
-            self.scheduler = fd.feature_scheduler(cfg.ldmlr)
-        if self.local:
-            state = torch.load(run_dir / "client_models.pt", weights_only=True)[self.client]
-        else:
-            state = torch.load(run_dir / file, weights_only=True)
+            state = torch.load(run_dir / ("unet.pt" if self.image else "model.pt"), weights_only=True)
         self.model = self.build()
         self.model.load_state_dict(state)
         self.model.to(self.device).eval()
@@ -121,7 +122,7 @@ class Target:
 
     def normalized(self, z: torch.Tensor) -> torch.Tensor:
         diffusion = self.model.diffusion.cpu()
-        return fedddpm.bounded(diffusion, z) if self.private_features else diffusion.normalize(z).detach()
+        return fedddpm.bounded(diffusion, z) if self.bounded else diffusion.normalize(z).detach()
 
     def errors(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, timesteps, draws: int,
                batch_size: int, seed: int) -> torch.Tensor:
@@ -182,7 +183,7 @@ def membership(target: Target, s: Settings) -> dict:
            "control": audit.attack_report(-cm.mean(1), -co.mean(1), seed=s.seed),
            "auc_per_timestep": {int(t): audit.roc(-em[:, j], -eo[:, j])[2] for j, t in enumerate(s.timesteps)}}
     if getattr(target.cfg.strategy, "upload", None) == "features":  # FedDDPM's pseudo-feature upload
-        pool = checkpoint.load(target.dir)["strategy"]["pool"]
+        pool = target.state["pool"]
         if pool is not None:
             out["uploads"] = audit.attack_report(*(_nearest_upload(x, y, *pool, target) for x, y in
                                                    ((xm, ym), (xo, yo))), seed=s.seed)

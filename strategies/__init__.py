@@ -216,6 +216,10 @@ class Method:
     does not repeat it."""
     client_tier: str = CLIENT_SERVER
     """The link its clients' messages cross, as the byte ledger names it (FedPhD's clients talk to edges)."""
+    model: Callable[[ExperimentConfig, Federation, dict | None], Callable[[], nn.Module]] | None = None
+    """The builder of a run's global model, from its config and the strategy's checkpointed state, where it is not
+    its task kind's (FedDDPM's denoiser with the null label, FedPhD's U-Net pruned as its plan says); read by
+    :func:`model_fn`."""
 
     @property
     def name(self) -> str:
@@ -239,6 +243,13 @@ def method(name: str) -> Method:
     if name not in METHODS:
         raise KeyError(f"no registered strategy '{name}'; registered: {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def model_fn(cfg: ExperimentConfig, fed: Federation, state: dict | None = None) -> Callable[[], nn.Module]:
+    """The builder of a run's global model, given the strategy's checkpointed state (e.g. to rebuild a finished
+    run's final model)."""
+    m = method(cfg.strategy.name)
+    return m.model(cfg, fed, state) if m.model else TASKS[cfg.task].model(cfg, fed)
 
 
 def client_roles() -> dict[str, str]:
@@ -278,8 +289,10 @@ def _register_builtins() -> None:
         Method(ScaffoldConfig, scaffold.build, checkpoint=True),
         Method(MoonConfig, moon.build, checkpoint=True),
         Method(FedPhDConfig, fedphd.build, checkpoint=True, task=fedphd.task, prepare=fedphd.prepare,
-               query=(LABEL_HISTOGRAM,), roles={FEDPHD_TRAIN: "clients.fedphd:train"}, client_tier=CLIENT_EDGE),
+               model=fedphd.model, query=(LABEL_HISTOGRAM,), roles={FEDPHD_TRAIN: "clients.fedphd:train"},
+               client_tier=CLIENT_EDGE),
         Method(FedDDPMConfig, fedddpm.build, checkpoint=True, task=fedddpm.task, initial=fedddpm.initial,
+               model=fedddpm.model,
                prepare=fedddpm.prepare, reply_checks=fedddpm.FedDDPM.reply_checks,
                roles={DPDIFFUSION_TRAIN: "clients.dp_diffusion:train"}),
         Method(FedDFConfig, feddf.build, task=feddf.GroupsTask, initial=feddf.initial),

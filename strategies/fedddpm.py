@@ -240,8 +240,13 @@ def build(ctx) -> FedDDPM:
     return FedDDPM(ctx, **ctx.sampling())
 
 
+def model(cfg, fed, state: dict | None = None):
+    """FedDDPM's model: LDMLR's, its denoiser with the null label for dp-promise's phase I."""
+    return fedddpm.model_fn(cfg, fed)
+
+
 def initial(ctx) -> dict[str, torch.Tensor]:
-    return fedddpm.model_fn(ctx.cfg, ctx.fed)().state_dict()
+    return model(ctx.cfg, ctx.fed)().state_dict()
 
 
 class PrivateTask(ldmlr.LongTailTask):

@@ -33,7 +33,7 @@ from fedgen import fedphd
 from fedgen.comm import DOWN, EDGE_CLOUD, UP, ByteLedger
 from fedgen.config import FedPhDConfig
 from fedgen.diffusion import pruning
-from fedgen.diffusion.task import DiffusionTask
+from fedgen.diffusion.task import DiffusionTask, unet_fn
 from fedgen.feddf import average
 from fedgen.wire import FEDPHD_TRAIN, LABEL_HISTOGRAM, NUM_EXAMPLES, PRUNING_PLAN, SPARSE_LAMBDA
 
@@ -179,6 +179,12 @@ class FedPhD(FedAvg):
 def build(ctx) -> FedPhD:
     return FedPhD(ctx.cfg.strategy, ctx.fed.num_classes, ctx.model_fn, ctx.ledger, ctx.cfg.seed, FEDPHD_TRAIN,
                   **ctx.sampling())
+
+
+def model(cfg, fed, state: dict | None) -> Callable[[], nn.Module]:
+    """The U-Net of a run whose strategy state is ``state`` (pruned once it has a plan)."""
+    unet, plan = unet_fn(cfg, fed), (state or {}).get("plan") or []
+    return lambda: pruning.apply_plan(unet(), plan)
 
 
 def task(ctx, strategy: FedPhD) -> DiffusionTask:

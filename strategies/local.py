@@ -11,6 +11,9 @@ from fedgen.tasks import Task
 from fedgen.train import client_seed
 from strategies.server_side import ServerSideTraining
 
+CLIENT_MODELS = "client_models"
+"""The final models' file stem (<run>/client_models.pt): each client's own model, by partition id."""
+
 
 class LocalOnly(ServerSideTraining):
     """Each client trains its own model on its own data and never communicates (the lower bound).
@@ -66,4 +69,4 @@ class LocalTask(Task):
                 f"{name}-max": float(np.max([s[name] for s in scores]))}
 
     def final_models(self, state: dict) -> dict:
-        return {"client_models": self.strategy.models}
+        return {CLIENT_MODELS: self.strategy.models}
