@@ -44,8 +44,9 @@ from fedgen.diffusion import features as fd
 from fedgen.diffusion import train as train_unet
 from fedgen.diffusion import train_private as train_unet_private
 from fedgen.privacy import audit, dp_diffusion, gdp
+from fedgen.results import read_rounds
 from fedgen.train import client_seed, resolve_device
-from fedgen.wire import DPDIFFUSION_TRAIN
+from fedgen.wire import DP_EPSILON, DPDIFFUSION_TRAIN
 from strategies.local import CLIENT_MODELS
 
 CANARY_TIMESTEPS = (10, 100, 500, 950)
@@ -274,9 +275,7 @@ def canaries(target: Target, s: Settings, log=print) -> dict:
 def spent_epsilon(run_dir: Path) -> float | None:
     """The largest epsilon any client reported spending in the run (rounds.jsonl: the diffusion task's clients'
     'train/dp-epsilon', FedDDPM's 'epsilon')."""
-    path = run_dir / "rounds.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    values = [r[k] for r in rows for k in ("train/dp-epsilon", "epsilon") if r.get(k) is not None]
+    values = [r[k] for r in read_rounds(run_dir) for k in (f"train/{DP_EPSILON}", "epsilon") if r.get(k) is not None]
     return max(values) if values else None
 
 

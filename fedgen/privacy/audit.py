@@ -154,7 +154,7 @@ def audit_scores(scores_in: np.ndarray, scores_out: np.ndarray, delta: float,
     """Scores (runs, columns) of the canary in runs trained with it and without it (higher: 'trained with'). The
     column and threshold that give the largest bound on the first half of each set of runs are chosen (thresholds
     midway between two observed scores), and the bound is computed with them on the second half."""
-    scores_in, scores_out = np.atleast_2d(scores_in.T).T, np.atleast_2d(scores_out.T).T
+    scores_in, scores_out = scores_in.reshape(len(scores_in), -1), scores_out.reshape(len(scores_out), -1)
     h_in, h_out = len(scores_in) // 2, len(scores_out) // 2
     if min(h_in, h_out) < 1:
         raise ValueError("auditing needs at least 2 runs with the canary and 2 without")
