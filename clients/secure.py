@@ -19,12 +19,18 @@ from importlib import import_module
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.client.mod import secaggplus_mod
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-from flwr.compat.common import recorddict_compat as compat
 
 import strategies
+from fedgen.compat.flower import (
+    RECORD_KEY_CONFIGS,
+    Code,
+    FitRes,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+    secaggplus_mod,
+)
+from fedgen.compat.flower import recorddict_compat as compat
 from fedgen.privacy.secagg import summed_keys
 from fedgen.wire import NUM_EXAMPLES, SECURE_KEYS, SECURE_ROLE
 

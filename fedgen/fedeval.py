@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from fedgen.compat.flower import aggregate_metricrecords
 from fedgen.train import domain_accuracy
 from fedgen.wire import (
     DOMAIN_CORRECT,

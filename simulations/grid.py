@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterable, Sequence
 from logging import getLogger
 
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.serverapp import Grid
 
 from fedgen.comm import CLIENT_SERVER, DOWN, UP, ByteLedger, record_bytes
+from fedgen.compat.flower import RECORD_KEY_CONFIGS
 from fedgen.validation import check_reply, inconsistent_replies
 from fedgen.wire import (
     EXPERIMENT,

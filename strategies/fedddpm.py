@@ -28,6 +28,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedgen import fedddpm, ldmlr
+from fedgen.compat.flower import check_and_log_replies
 from fedgen.diffusion import features as fd
 from fedgen.feddf import average
 from fedgen.privacy import dp_diffusion
@@ -121,7 +122,7 @@ class FedDDPM(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid, _ = check_and_log_replies(self, replies, is_train=True)
         if not valid:
             return None, MetricRecord({"fedddpm/stopped": 1} if self.stopped_at is not None else {})
         model, gen = self.model(self._global), self._gen(server_round)

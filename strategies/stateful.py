@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedgen.compat.flower import check_and_log_replies
 from fedgen.wire import STATE_ROUND
 
 
@@ -61,7 +62,7 @@ class StatefulClients(FedAvg):
         step: Callable[[list[dict[str, torch.Tensor]]], dict[str, torch.Tensor]],
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The new global model from the valid replies' arrays by ``step``; their clients count as aggregated."""
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid, _ = check_and_log_replies(self, replies, is_train=True)
         if not valid:
             return None, None
         contents = [m.content for m in valid]

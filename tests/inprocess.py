@@ -1,7 +1,7 @@
 """A Grid that hands each message straight to the ClientApp in this process: the fast path for strategy tests.
 
 Flower has no public in-process runner; its Message constructor reads the sending task's identity from flwr's
-private ``TaskIdentity``, which this helper (and only this helper) sets.
+private ``TaskIdentity``, which this helper sets through :func:`fedgen.compat.flower.act_as_server`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
+
+from fedgen.compat.flower import act_as_server, copy_over_the_wire, set_message_id
 
 RUN_ID = 1
 SERVER_NODE_ID = 0
@@ -26,9 +26,7 @@ class InProcessGrid(Grid):
     """``num_nodes`` virtual SuperNodes with random node ids, partition k on the k-th node, state kept per node."""
 
     def __init__(self, client_app: ClientApp, num_nodes: int, seed: int = 0) -> None:
-        TaskIdentity.task_id = 1
-        TaskIdentity.run_id = RUN_ID
-        TaskIdentity.node_id = SERVER_NODE_ID
+        act_as_server(RUN_ID, SERVER_NODE_ID)
         self.app = client_app
         rng = random.Random(seed)
         ids = [rng.getrandbits(64) | 1 for _ in range(num_nodes)]  # random uint64 ids, as Flower's
@@ -66,10 +64,10 @@ class InProcessGrid(Grid):
         ids = []
         for msg in messages:
             start = time.monotonic()
-            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # the SuperLink would set it
+            set_message_id(msg, uuid.uuid4().hex)  # the SuperLink would set it
             self.delivered.append(msg)
             try:  # the client gets its own copy, as over the wire (a server may send one content to many nodes)
-                reply = self.app(message_from_proto(message_to_proto(msg)), self.contexts[msg.metadata.dst_node_id])
+                reply = self.app(copy_over_the_wire(msg), self.contexts[msg.metadata.dst_node_id])
             except Exception as err:  # noqa: BLE001 - a failing client becomes an error reply, as in Flower
                 reply = Message(Error(code=CLIENT_ERROR_CODE, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
             if timeout is None or time.monotonic() - start <= timeout:

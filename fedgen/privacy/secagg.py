@@ -1,4 +1,4 @@
-"""Exact secure summation of integer vectors with Flower's SecAgg+ (flwr 1.39's legacy ``SecAggPlusWorkflow`` on the
+"""Exact secure summation of integer vectors with Flower's SecAgg+ (Flower's legacy ``SecAggPlusWorkflow`` on the
 server, ``secaggplus_mod`` on the clients: :mod:`clients.secure`).
 
 SecAgg+ returns a clipped, quantised, example-weighted mean. With every client's weight 1 (``max_weight=1``,
@@ -15,14 +15,20 @@ from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
-from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server.compat.grid_client_proxy import GridClientProxy
-from flwr.server.compat.legacy_context import LegacyContext
-from flwr.server.strategy import FedAvg as LegacyFedAvg
-from flwr.server.workflow import SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
-from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
+
+from fedgen.compat.flower import (
+    MAIN_CONFIGS_RECORD,
+    MAIN_PARAMS_RECORD,
+    FitIns,
+    GridClientProxy,
+    LegacyContext,
+    LegacyFedAvg,
+    SecAggPlusWorkflow,
+    WorkflowKey,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 
 MODULUS = 2 ** 32
 
