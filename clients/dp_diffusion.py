@@ -49,11 +49,11 @@ def train(msg: Message, context: Context) -> Message:
     z, y = ldmlr.extract(model, data, cfg.train.eval_batch_size, device)
     zn = fedddpm.bounded(model.diffusion.cpu(), z)
     plan = dp_diffusion.plan(len(y), dp, cfg.rounds, zn.shape[1], dp_diffusion.abar_at(scheduler, dp.split_step))
-    after = dp_ledger.charge(msg, context, cfg.name, pid, rnd, dp, plan)
+    after = dp_ledger.charge(msg, context, data, pid, rnd, dp, plan)
     gen = torch.Generator().manual_seed(client_seed(cfg.seed, rnd, pid))
     losses = dp_diffusion.train_two_phase(model.diffusion, zn, y, plan, dp, scheduler, cfg.ldmlr.snr_gamma, device,
                                           gen)
-    dp_ledger.save_spent(msg, context, cfg.name, pid, after)
+    dp_ledger.save_spent(msg, context, data, after)
     metrics = {TRAIN_LOSS: losses["dp/loss-phase2"], NUM_EXAMPLES: len(y), PARTITION_ID: pid,
                **dp_ledger.metrics(after, plan, dp)}
     if settings.upload == "weights":

@@ -16,6 +16,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 
 from clients.common import server_round
+from fedgen.checkpoint import save_atomic
 from fedgen.wire import CLIENT_STATE_DIR, STATE_ROUND
 
 
@@ -68,9 +69,7 @@ def save(msg: Message, context: Context, name: str, pid: int, tensors: list[torc
             del context.state[key]
         return
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{name}-p{pid}-r{rnd}.tmp"
-    torch.save(tensors, tmp)
-    tmp.replace(folder / f"{name}-p{pid}-r{rnd}.pt")
+    save_atomic(tensors, folder / f"{name}-p{pid}-r{rnd}.pt")
     for r, old in _saved(folder, name, pid).items():
         if r < keep_from:
             old.unlink(missing_ok=True)

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedgen.results import replace_atomically
+
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -29,11 +31,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file, then rename: an interruption mid-write leaves the previous file intact."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    """``torch.save`` to a temporary file, synced, then renamed: an interruption leaves the previous file intact."""
+    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save(run_dir: str | Path, state: dict[str, Any]) -> None:
@@ -41,7 +40,24 @@ def save(run_dir: str | Path, state: dict[str, Any]) -> None:
 
 
 def load(run_dir: str | Path) -> dict[str, Any]:
+    """The checkpoint, read as tensors and plain data only (torch's weights-only unpickler) with the numpy types of
+    :func:`rng_state`'s numpy state: a file that would build anything else, and so could run code, is refused."""
+    import pickle
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} holds no {CHECKPOINT}: it is not a run folder, or no round completed")
-    return torch.load(path, weights_only=False)
+    rng_globals = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]  # numpy's RNG state: uint32 array
+    try:
+        with torch.serialization.safe_globals(rng_globals):
+            return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        paragraphs = [p.strip() for p in str(err).split("\n\n") if p.strip()]  # torch's advice, its reason, a link
+        reason = paragraphs[-2] if len(paragraphs) > 2 else str(err)
+        raise ValueError(f"{path} holds more than tensors and plain data: refused, as unpickling it could run code "
+                         f"({reason})") from None

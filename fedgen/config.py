@@ -71,6 +71,12 @@ class DataConfig(_Section):
             raise ValueError("data.public_fraction + data.test_fraction must be below 1")
         return self
 
+    @property
+    def image_side(self) -> int:
+        """The side of the loaded images: ``image_size`` for the datasets resized to it, else 32 (digits-domains and
+        CIFAR are 32x32)."""
+        return self.image_size if self.dataset in ("huggingface", "folder") else 32
+
 
 ModelName = Literal["cnn", "resnet18", "resnet8", "mobilenet"]
 """The classifiers of :data:`fedgen.models.MODELS`."""
@@ -782,10 +788,24 @@ class ExperimentConfig(_Section):
                              f"{steps}: plain DP-SGD over every timestep, with dp.epochs1=0)")
         if dp.split_step == steps and dp.epochs1:
             raise ValueError(f"dp.split_step={steps} leaves phase I no timesteps: set dp.epochs1=0 (plain DP-SGD)")
+        if dp.epochs1:
+            self._check_phase1_finite()
         if self.diffusion.autocast != "none":
             raise ValueError("private training runs in float32: set diffusion.autocast=none")
         if self.diffusion.ema_decay is not None:
             raise ValueError("private training sends its last weights: unset diffusion.ema_decay")
+
+    def _check_phase1_finite(self) -> None:
+        """Phase I's charge on the trained images, for any client: where it overflows a float it is infinite, so
+        phase I alone spends an infinite epsilon whatever a client holds."""
+        from fedgen.diffusion import noise_scheduler
+        from fedgen.privacy import dp_diffusion, gdp
+
+        dp, side = self.dp, self.diffusion.image_size or self.data.image_side
+        mu1 = gdp.phase1_mu(1.0, 1, 3 * side**2, dp_diffusion.abar_at(noise_scheduler(self.diffusion), dp.split_step))
+        if mu1 == float("inf"):
+            raise ValueError(f"dp.split_step={dp.split_step} on {side}x{side} RGB images: "
+                             f"{gdp.phase1_over(mu1, dp.epsilon, dp.delta)}")
 
     def train_sample_size(self) -> int:
         """Clients sampled per round, as Flower's FedAvg family computes it."""

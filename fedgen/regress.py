@@ -3,8 +3,9 @@
 A method regresses when its mean final headline score (accuracy up, FID down) is worse than the stored one by more
 than the tolerance, and, with several seeds, by more than the larger of the two reports' standard deviations over
 seeds; when its bytes (up + down, summed over the run) grow by more than ``bytes_tolerance`` (relative); when any of
-its runs did not finish; or when it is missing from the new report. Wall time is compared for the reader and gated
-only when ``time_tolerance`` (relative) is given: it varies with the machine.
+its runs, in either report, did not finish or has no final score (NaN or empty: it compares false with any bound); or
+when it is missing from the new report. Wall time is compared for the reader and gated only when ``time_tolerance``
+(relative) is given: it varies with the machine.
 """
 
 from __future__ import annotations
@@ -88,7 +89,14 @@ def _summary(rows: list[dict]) -> dict:
     finals = np.array([r["final"] for r in rows])
     return {"n": len(rows), "final": float(finals.mean()), "std": float(finals.std()),
             "bytes": float(np.mean([r["bytes"] for r in rows])), "wall": float(np.mean([r["wall"] for r in rows])),
-            "failed": [r["seed"] for r in rows if r["status"] != "finished"]}
+            "failed": [r["seed"] for r in rows if r["status"] != "finished"],
+            "unscored": [r["seed"] for r in rows if math.isnan(r["final"])]}
+
+
+def _faults(s: dict, metric: str, whose: str) -> list[str]:
+    """A method's faults within one report: seeds that did not finish, or ended without a final score."""
+    return ([f"{whose}seed(s) {s['failed']} did not finish"] if s["failed"] else []) + \
+        ([f"{whose}no final {metric} for seed(s) {s['unscored']}"] if s["unscored"] else [])
 
 
 def diff(old: Report, new: Report, tolerance: float = TOLERANCE, bytes_tolerance: float = BYTES_TOLERANCE,
@@ -103,14 +111,14 @@ def diff(old: Report, new: Report, tolerance: float = TOLERANCE, bytes_tolerance
         d = MethodDiff(method, o, n)
         if n is None:
             d.regressions.append("missing from the new report")
-        elif n["failed"]:
-            d.regressions.append(f"seed(s) {n['failed']} did not finish")
+        else:
+            d.regressions += _faults(n, new.metric, "")
+        if o is not None:
+            d.regressions += _faults(o, old.metric, "baseline: ")
         if o is not None and n is not None:
             worse = (o["final"] - n["final"]) if new.higher_is_better else (n["final"] - o["final"])
             allowed = max(tolerance, o["std"], n["std"])
-            if math.isnan(n["final"]) and not math.isnan(o["final"]):
-                d.regressions.append(f"no final {new.metric}")
-            elif worse > allowed:
+            if not (o["unscored"] or n["unscored"]) and worse > allowed:
                 d.regressions.append(f"{new.metric} {n['final'] - o['final']:+.4f} (allowed {allowed:.4f})")
             if n["bytes"] > o["bytes"] * (1 + bytes_tolerance):
                 d.regressions.append(f"bytes {_pct(n['bytes'], o['bytes'])}")

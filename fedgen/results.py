@@ -15,7 +15,10 @@ summary.json    strategy, dataset, partition, num_clients, rounds, seed, metric 
                 client reported, a report column) and privacy {epsilon, epsilon_opacus, delta, budget}
 <metric>.png    the headline metric per round (accuracy.png for a classifier)
 Rows are flushed as they come and the summary is rewritten each round, so an interrupted run keeps what it had;
-files rewritten whole (on resume) go to a temporary file first, then are renamed.
+files rewritten whole go to a temporary file first, synced to disk, then renamed over the old one.
+
+A folder that holds a run is never reused silently (:func:`claim_run_folder`): a fresh run refuses it unless asked
+to resume it or to overwrite it.
 """
 
 from __future__ import annotations
@@ -23,14 +26,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedgen.comm import CLIENT_SERVER, DOWN, UP, ByteLedger
-from fedgen.config import ExperimentConfig, dump_yaml
+from fedgen.config import ConfigError, ExperimentConfig, dump_yaml
 from fedgen.data.images import ImageSet
 from fedgen.tasks import Headline
 from fedgen.wire import DP_EPSILON, DP_EPSILON_OPACUS
@@ -86,10 +93,67 @@ def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def replace_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, sync it to disk, then rename it over ``path``: a crash
+    leaves the old file or the new one, never a part; a failing ``write`` leaves no temporary file behind."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    replace_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+RUN_FILES = ("config.yaml", "rounds.jsonl", "summary.json", "checkpoint.pt", "client_state")
+"""What makes a folder a run folder: any of these."""
+
+
+class RunFolderTaken(ConfigError):
+    """A fresh run was pointed at a folder that holds a run."""
+
+
+def holds_run(folder: str | Path) -> bool:
+    return any((Path(folder) / name).exists() for name in RUN_FILES)
+
+
+def describe_run(folder: str | Path) -> str:
+    """'status, N rounds' of the run in ``folder``, from its summary."""
+    path = Path(folder) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+        return f"{summary['status']}, {summary['rounds']} rounds"
+    except (OSError, ValueError, KeyError):
+        return "no readable summary"
+
+
+def claim_run_folder(folder: str | Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Make ``folder`` ready for a run, or refuse before any work.
+
+    A fresh run takes an empty or new folder; one that holds a run (any of :data:`RUN_FILES`) is refused, naming the
+    ways on, unless ``overwrite`` (then the whole folder is removed first). ``resume`` needs the run's checkpoint.
+    """
+    folder = Path(folder)
+    if resume:
+        if not (folder / "checkpoint.pt").is_file():
+            raise ConfigError(f"{folder}: nothing to resume (no checkpoint.pt: not a run folder, or no round ended)")
+        return
+    if not holds_run(folder):
+        return
+    if overwrite:
+        shutil.rmtree(folder)
+        return
+    raise RunFolderTaken(f"{folder} holds a run already ({describe_run(folder)}); continue it with "
+                         f"`fedgen run --resume {folder}`, replace it with --overwrite, or choose another --out")
 
 
 def _csv_text(rows: list[list]) -> str:

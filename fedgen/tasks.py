@@ -39,8 +39,14 @@ class Task:
     """The task's columns of rounds.csv, between 'round' and the byte counts (the headline among them)."""
     report: tuple[str, ...] = ()
     """Columns the comparison report shows beside the headline (their final values)."""
-    extras: dict[str, Any] = {}
-    """Facts about the scoring for summary.json (e.g. the extractor and calibration of a generative score)."""
+    extras: dict[str, Any]
+    """Facts about the scoring for summary.json (e.g. the extractor and calibration of a generative score): each task
+    its own dict, empty unless its ``__init__`` sets one."""
+
+    def __new__(cls, *args, **kwargs):
+        task = super().__new__(cls)
+        task.extras = {}
+        return task
 
     def scored(self, server_round: int) -> bool:
         """Whether ``evaluate`` scores this round (a round it does not score has empty columns)."""

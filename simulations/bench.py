@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from simulations.procs import descendants
+from simulations.procs import descendants, stop
 
 CONFIGS = Path(__file__).parent / "configs"
 DIGITS = str(CONFIGS / "digits_domains.yaml")
@@ -74,17 +74,22 @@ def tree_pss_bytes(root: int) -> int:
 
 
 def run_fedgen(config: str, overrides: list[str], out: Path, sample_s: float = 0.5) -> dict:
-    """``fedgen run`` in a subprocess; returns its wall time, its rounds and the peak PSS of its process tree."""
+    """``fedgen run`` in a subprocess (a session of its own); returns its wall time, its rounds and the peak PSS of its
+    process tree. Interrupted (Ctrl-C) or failing while it runs, the run and its Ray workers are stopped by PID."""
     cmd = [sys.executable, "-m", "simulations.cli", "run", config, "--out", str(out)]
     for o in overrides:
         cmd += ["--set", o]
     out.mkdir(parents=True, exist_ok=True)
     peak, t0 = 0, time.perf_counter()
     with open(out / "bench.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        while proc.poll() is None:
-            peak = max(peak, tree_pss_bytes(proc.pid))
-            time.sleep(sample_s)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while proc.poll() is None:
+                peak = max(peak, tree_pss_bytes(proc.pid))
+                time.sleep(sample_s)
+        finally:
+            if proc.poll() is None:  # not reaped, so the PID is still the run's
+                stop([proc.pid])
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}; see {out / 'bench.log'}")

@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     r.add_argument("--out", help="run folder (default runs/<name>-<strategy>-s<seed>-<time>)")
     r.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (its config.yaml)")
+    r.add_argument("--overwrite", action="store_true", help="replace the run that --out holds (default: refuse)")
     r.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
     c = sub.add_parser("compare", help="run a comparison suite and write its report")
     c.add_argument("suite")
@@ -43,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="applied to every run, after the suite's own settings")
     c.add_argument("--verbose", action="store_true")
+    c.add_argument("--resume", action="store_true",
+                   help="keep the finished runs of --out, continue the interrupted ones, start the others")
+    c.add_argument("--overwrite", action="store_true", help="replace the runs --out holds (default: refuse)")
     c.add_argument("--baseline", metavar="REPORT.csv", help="a stored report.csv: fail on a regression against it")
     _gate_args(c)
     g = sub.add_parser("diff", help="compare a report.csv with a stored one; exit 1 on a regression")
@@ -60,10 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--insecure", action="store_true", help="no TLS, no node authentication")
     u.add_argument("--certs", help="folder with ca.crt, server.pem, server.key (default: make throwaway ones)")
     u.add_argument("--dir", default=DEPLOY_DIR)
+    u.add_argument("--state-dir", help="each node keeps its state (privacy ledger included) in STATE_DIR/node-<k>")
+    u.add_argument("--dp-epsilon-max", type=float, help="each node's own privacy cap (node config dp-epsilon-max)")
     dr = dep.add_parser("run", help="run an experiment on the deployment (flwr run), wait and check its status")
-    dr.add_argument("config")
+    dr.add_argument("config", nargs="?")
     dr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     dr.add_argument("--out", help="run folder (default runs/<name>-<strategy>-s<seed>-<time>)")
+    dr.add_argument("--overwrite", action="store_true", help="replace the run that --out holds (default: refuse)")
+    dr.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR on the deployment")
     dr.add_argument("--dir", default=DEPLOY_DIR)
     dd = dep.add_parser("down", help="stop the processes `up` started, by PID")
     dd.add_argument("--dir", default=DEPLOY_DIR)
@@ -121,25 +129,16 @@ def _deploy(args: argparse.Namespace) -> int:
     from simulations import deploy
 
     if args.action == "up":
-        state = deploy.up(args.dir, args.nodes, secure=not args.insecure, certs=args.certs)
+        state = deploy.up(args.dir, args.nodes, secure=not args.insecure, certs=args.certs,
+                          state_root=args.state_dir, dp_epsilon_max=args.dp_epsilon_max)
         mode = "TLS + node authentication" if state["secure"] else "INSECURE"
-        print(f"SuperLink on 127.0.0.1:{state['fleet_port']} (Fleet, gRPC) and 127.0.0.1:{state['control_port']} "
-              f"(control), {args.nodes} SuperNodes, {mode}; PIDs {state['pids']} in {args.dir}/deployment.json")
+        print(f"SuperLink on 127.0.0.1:{state['port']} (Fleet and control APIs, HTTP{'S' * state['secure']}), "
+              f"{args.nodes} SuperNodes, {mode}; PIDs {state['pids']} in {args.dir}/deployment.json")
         home = Path(args.dir).resolve() / "flwr-home"
         print(f"run with: fedgen deploy run CONFIG --dir {args.dir}")
         print(f"      or: FLWR_HOME={home} flwr run . {deploy.CONNECTION}")
     elif args.action == "run":
-        from simulations.server_app import default_out_dir
-
-        cfg = load_config(args.config, args.overrides)  # fail here, before anything is sent
-        state = deploy.load_state(args.dir)
-        if cfg.data.num_clients != state["nodes"]:
-            raise ConfigError(f"data.num_clients={cfg.data.num_clients} but the deployment has {state['nodes']} nodes")
-        out = Path(args.out or default_out_dir(cfg)).resolve()
-        overrides = " ".join(args.overrides)
-        run = deploy.flwr_run(args.dir, ".", f"config='{Path(args.config).resolve()}' set='{overrides}' out='{out}'")
-        print(f"run {run['run-id']}: {run['status']} {run.get('status-details', '')}; results in {out}")
-        return 0 if run["status"] == "finished:completed" else 1
+        return _deploy_run(args)
     elif args.action == "down":
         stopped, left = deploy.down(args.dir)
         print(f"stopped PIDs {stopped}")
@@ -150,6 +149,55 @@ def _deploy(args: argparse.Namespace) -> int:
         for name, path in deploy.make_certs(args.folder).items():
             print(f"{name}: {path}")
     return 0
+
+
+def _deploy_run(args: argparse.Namespace) -> int:
+    """`fedgen deploy run`: validate, claim the run folder, send the run, follow it to its end."""
+    import json
+
+    from fedgen.results import claim_run_folder
+    from simulations import deploy
+    from simulations.server_app import APP_ROOT, default_out_dir
+
+    if args.resume:
+        if args.config or args.overrides or args.out or args.overwrite:
+            raise ConfigError("--resume DIR takes the run's own config.yaml: give no CONFIG, --set, --out or "
+                              "--overwrite")
+        config, out = Path(args.resume, "config.yaml").resolve(), Path(args.resume).resolve()
+        cfg = load_config(config)
+    elif args.config:
+        config = Path(args.config).resolve()
+        cfg = load_config(config, args.overrides)  # fail here, before anything is sent
+        out = Path(args.out or default_out_dir(cfg)).resolve()
+    else:
+        raise ConfigError("fedgen deploy run needs a CONFIG.yaml or --resume DIR")
+    state = deploy.load_state(args.dir)
+    if cfg.data.num_clients != state["nodes"]:
+        raise ConfigError(f"data.num_clients={cfg.data.num_clients} but the deployment has {state['nodes']} nodes")
+    claim_run_folder(out, bool(args.resume), args.overwrite)
+    run_config = {"config": str(config), "set": json.dumps(args.overrides), "out": str(out),
+                  "resume": bool(args.resume)}
+    try:
+        run = deploy.flwr_run(args.dir, APP_ROOT, run_config, on_line=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print(f"interrupted: the run was stopped; {out} keeps its finished rounds. Continue it with "
+              f"`fedgen deploy run --resume {out}`", file=sys.stderr)
+        return 130
+    except deploy.SuperLinkGone as err:
+        print(f"fedgen: {err}: it is gone (see {Path(args.dir) / 'superlink.log'}). {_where(out)} Start a "
+              f"deployment again (fedgen deploy down; fedgen deploy up) and continue with `fedgen deploy run --resume "
+              f"{out}`", file=sys.stderr)
+        return 1
+    print(f"run {run['run-id']}: {run['status']} {run.get('status-details', '')}; results in {out}")
+    return 0 if run["status"] == "finished:completed" else 1
+
+
+def _where(out: Path) -> str:
+    """Where a run folder stands: its last checkpointed round."""
+    from fedgen.results import read_rounds
+
+    rounds = [r["round"] for r in read_rounds(out)]
+    return f"The run folder {out} holds rounds up to {max(rounds)}." if rounds else f"{out} holds no finished round."
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -179,15 +227,16 @@ def main(argv: list[str] | None = None) -> int:
             from simulations.server_app import default_out_dir
 
             if args.resume:
-                if args.config or args.overrides or args.out:
-                    raise ConfigError("--resume DIR takes the run's own config.yaml: give no CONFIG, --set or --out")
+                if args.config or args.overrides or args.out or args.overwrite:
+                    raise ConfigError("--resume DIR takes the run's own config.yaml: give no CONFIG, --set, --out "
+                                      "or --overwrite")
                 cfg, out = load_config(Path(args.resume) / "config.yaml"), args.resume
             elif args.config:
                 cfg = load_config(args.config, args.overrides)
                 out = args.out or default_out_dir(cfg)
             else:
                 raise ConfigError("fedgen run needs a CONFIG.yaml or --resume DIR")
-            summary = run(cfg, out, verbose=args.verbose, resume=bool(args.resume))
+            summary = run(cfg, out, verbose=args.verbose, resume=bool(args.resume), overwrite=args.overwrite)
             print(f"final {summary['metric']['name']} {summary['final']:.4f}; results in {out}")
         elif args.command == "compare":
             from simulations.compare import compare
@@ -197,9 +246,11 @@ def main(argv: list[str] | None = None) -> int:
                 from fedgen.config import load_suite
 
                 out = f"runs/compare-{load_suite(args.suite)[0].name}"
+            if args.resume and args.overwrite:
+                raise ConfigError("--resume keeps the runs of --out, --overwrite replaces them: give one")
             return compare(args.suite, out, verbose=args.verbose, check=args.check, overrides=args.overrides,
                            baseline=args.baseline, tolerance=args.tolerance, bytes_tolerance=args.bytes_tolerance,
-                           time_tolerance=args.time_tolerance)
+                           time_tolerance=args.time_tolerance, resume=args.resume, overwrite=args.overwrite)
         elif args.command == "diff":
             from fedgen.regress import gate
 

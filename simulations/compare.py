@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -9,10 +10,12 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedgen.checkpoint import CHECKPOINT
 from fedgen.config import load_suite
 from fedgen.data import load_federation
 from fedgen.regress import BYTES_TOLERANCE, TOLERANCE, gate, read_report
 from fedgen.report import write_report
+from fedgen.results import RunFolderTaken, describe_run, holds_run
 from simulations.runner import check_runnable, run
 
 
@@ -26,8 +29,12 @@ def machine_description() -> str:
 
 def compare(suite_path: str | Path, out_dir: str | Path, verbose: bool = False, check: bool = False,
             overrides: Sequence[str] = (), baseline: str | Path | None = None, tolerance: float = TOLERANCE,
-            bytes_tolerance: float = BYTES_TOLERANCE, time_tolerance: float | None = None) -> int:
+            bytes_tolerance: float = BYTES_TOLERANCE, time_tolerance: float | None = None, resume: bool = False,
+            overwrite: bool = False) -> int:
     """Run every (method, seed) of the suite into ``out_dir``; returns a process exit code.
+
+    A run folder that holds a run is refused before any run starts, unless ``resume`` (a finished run is kept as it
+    is, an interrupted one continues from its checkpoint, the others start) or ``overwrite`` (each is replaced).
 
     With ``check``, also fails when a run records no rounds, has no final headline score (e.g. no FID) or ends at or
     below twice chance accuracy. With ``baseline`` (a stored report.csv), also fails when a method regressed against
@@ -36,19 +43,31 @@ def compare(suite_path: str | Path, out_dir: str | Path, verbose: bool = False, 
     if baseline is not None:
         read_report(baseline)  # a missing or unreadable baseline fails before any run
     suite, configs = load_suite(suite_path, overrides)
-    for by_seed in configs.values():  # every run is validated before the first one starts
-        for cfg in by_seed.values():
-            check_runnable(cfg)
     out_dir = Path(out_dir)
+    taken = []
+    for label, by_seed in configs.items():  # every run is validated before the first one starts
+        for seed, cfg in by_seed.items():
+            check_runnable(cfg)
+            if holds_run(out_dir / label / f"seed{seed}"):
+                taken.append(f"{out_dir / label / f'seed{seed}'} ({describe_run(out_dir / label / f'seed{seed}')})")
+    if taken and not (resume or overwrite):
+        raise RunFolderTaken("these run folders hold runs already:\n  " + "\n  ".join(taken) + "\ncontinue "
+                             "them with --resume (finished runs are kept), replace them with --overwrite, or choose "
+                             "another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict[int, Path]] = {}
     problems: list[str] = []
     for label, by_seed in configs.items():
         for seed, cfg in by_seed.items():
             run_dir = out_dir / label / f"seed{seed}"
-            print(f"== {suite.name}: {label}, seed {seed} -> {run_dir}", flush=True)
+            finished = resume and describe_run(run_dir).startswith("finished")
+            print(f"== {suite.name}: {label}, seed {seed} -> {run_dir}{' (finished: kept)' * finished}", flush=True)
             try:
-                summary = run(cfg, run_dir, verbose=verbose)
+                if finished:
+                    summary = json.loads((run_dir / "summary.json").read_text())
+                else:
+                    summary = run(cfg, run_dir, verbose=verbose, overwrite=overwrite,
+                                  resume=resume and (run_dir / CHECKPOINT).is_file())
             except Exception as err:  # noqa: BLE001 - one failing method must not lose the others
                 traceback.print_exc()
                 problems.append(f"{label} seed {seed}: failed: {err}")

@@ -1,4 +1,4 @@
-"""A real deployment on this machine: one SuperLink and N SuperNodes talking gRPC, as on separate machines.
+"""A real deployment on this machine: one SuperLink and N SuperNodes talking over HTTP(S), as on separate machines.
 
 ``fedgen deploy up`` starts them (TLS and SuperNode authentication by default), records every PID in
 ``DIR/deployment.json`` and writes a Flower config (``DIR/flwr-home/config.toml``) naming the SuperLink connection
@@ -13,12 +13,15 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+from fedgen.results import write_atomic
 from simulations import procs
 
 CONNECTION = "fedgen-local"
@@ -131,48 +134,70 @@ def load_state(folder: str | Path) -> dict:
 
 
 def _save_state(folder: Path, state: dict) -> None:
-    tmp = folder / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(folder / STATE_FILE)
+    write_atomic(folder / STATE_FILE, json.dumps(state, indent=2))
+
+
+def superlink_command(host: str, port: int, tls: dict[str, Path] | None, database: str | Path) -> list[str]:
+    """The SuperLink: Fleet and control APIs over HTTP(S) on ``host:port`` (Flower >= 1.40); with ``tls`` (paths of
+    'ca', 'cert', 'key'), HTTPS and SuperNode authentication, else insecure."""
+    cmd = ["flower-superlink", "--host", host, "--port", str(port)]
+    if tls:
+        cmd += ["--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]), "--ssl-keyfile",
+                str(tls["key"]), "--enable-supernode-auth"]
+    else:
+        cmd += ["--insecure"]
+    return [*cmd, "--disable-runtime-dependency-installation", "--database", str(database)]
+
+
+def supernode_command(superlink: str, node_config: str, ca: str | Path | None, key: str | Path | None,
+                      runtime: str | None = None) -> list[str]:
+    """A SuperNode dialling the SuperLink at ``superlink`` (host:port): over HTTPS checked against ``ca`` and
+    authenticated by its private ``key``, or insecure without ``ca``; ``runtime``: the host:port of its own runtime
+    API, which must differ between nodes on one machine (Flower's default 127.0.0.1:9094)."""
+    cmd = ["flower-supernode", "--superlink", superlink]
+    if runtime:
+        host, port = runtime.rsplit(":", 1)
+        cmd += ["--host", host, "--port", port]
+    cmd += ["--node-config", node_config]
+    if ca is None:
+        return [*cmd, "--insecure"]
+    return [*cmd, "--root-certificates", str(ca), *(["--auth-supernode-private-key", str(key)] if key else [])]
 
 
 def start_supernode(folder: str | Path, partition: int, num_partitions: int, key: Path | None = None) -> int:
-    """Start one SuperNode for ``partition`` against the recorded SuperLink; its PID joins the record."""
+    """Start one SuperNode for ``partition`` against the recorded SuperLink; its PID joins the record. With the
+    deployment's ``state_root``, the node keeps its state (its privacy ledger included) in ``state_root/node-<k>``;
+    with ``dp_epsilon_max``, it caps its own privacy spending."""
     folder = Path(folder).resolve()
     state = load_state(folder)
-    cmd = [
-        _bin("flower-supernode"), "--superlink", f"{HOST}:{state['fleet_port']}",
-        "--host", HOST, "--port", str(free_port()),
-        "--node-config", f"partition-id={partition} num-partitions={num_partitions}",
-    ]
-    if state["secure"]:
-        cmd += ["--root-certificates", state["ca"]]
-        if key is not None:
-            cmd += ["--auth-supernode-private-key", str(key)]
-    else:
-        cmd += ["--insecure"]
-    pid = _start(folder, f"supernode-{partition}-{len(state['pids'])}", cmd)
+    node_config = f"partition-id={partition} num-partitions={num_partitions}"
+    if state.get("state_root"):
+        node_config += f" state-dir={json.dumps(str(Path(state['state_root']) / f'node-{partition}'))}"
+    if state.get("dp_epsilon_max") is not None:
+        node_config += f" dp-epsilon-max={float(state['dp_epsilon_max'])}"
+    cmd = supernode_command(f"{HOST}:{state['port']}", node_config, state["ca"] if state["secure"] else None, key,
+                            runtime=f"{HOST}:{free_port()}")
+    pid = _start(folder, f"supernode-{partition}-{len(state['pids'])}", [_bin(cmd[0]), *cmd[1:]])
     state["pids"].append(pid)
     _save_state(folder, state)
     return pid
 
 
-def up(folder: str | Path, nodes: int, secure: bool = True, certs: str | Path | None = None) -> dict:
-    """Start a SuperLink and ``nodes`` SuperNodes (partition i on node i); returns the recorded state."""
+def up(folder: str | Path, nodes: int, secure: bool = True, certs: str | Path | None = None,
+       state_root: str | Path | None = None, dp_epsilon_max: float | None = None) -> dict:
+    """Start a SuperLink and ``nodes`` SuperNodes (partition i on node i); returns the recorded state. ``state_root``
+    and ``dp_epsilon_max``: each node's own state folder (under it) and privacy cap (:func:`start_supernode`)."""
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / STATE_FILE).exists() and load_state(folder)["pids"]:
         raise RuntimeError(f"a deployment is already recorded in {folder}: run `fedgen deploy down` first")
-    fleet, control = free_port(), free_port()
+    port = free_port()
     home = folder / "flwr-home"
     home.mkdir(exist_ok=True)
-    state = {"fleet_port": fleet, "control_port": control, "secure": secure, "pids": [], "nodes": nodes}
-    cmd = [
-        _bin("flower-superlink"), "--fleet-api-address", f"{HOST}:{fleet}", "--host", HOST, "--port", str(control),
-        "--disable-runtime-dependency-installation", "--database", str(folder / "superlink.db"),
-    ]
+    state = {"port": port, "secure": secure, "pids": [], "nodes": nodes, "dp_epsilon_max": dp_epsilon_max,
+             "state_root": str(Path(state_root).resolve()) if state_root else None}
     connection = [
-        f'[superlink]\ndefault = "{CONNECTION}"\n', f"[superlink.{CONNECTION}]", f'address = "{HOST}:{control}"'
+        f'[superlink]\ndefault = "{CONNECTION}"\n', f"[superlink.{CONNECTION}]", f'address = "{HOST}:{port}"'
     ]
     if secure:
         paths = make_certs(folder / "certs") if certs is None else {
@@ -181,18 +206,16 @@ def up(folder: str | Path, nodes: int, secure: bool = True, certs: str | Path | 
             if not p.is_file():
                 raise FileNotFoundError(f"TLS file missing: {p}")
         state["ca"] = str(paths["ca"].resolve())
-        cmd += ["--ssl-ca-certfile", str(paths["ca"]), "--ssl-certfile", str(paths["cert"]),
-                "--ssl-keyfile", str(paths["key"]), "--enable-supernode-auth"]
         connection.append(f'root-certificates = "{state["ca"]}"')
     else:
-        cmd += ["--insecure"]
+        paths = None
         connection.append("insecure = true")
     (home / "config.toml").write_text("\n".join(connection) + "\n")
-    state["pids"].append(_start(folder, "superlink", cmd))
+    cmd = superlink_command(HOST, port, paths, folder / "superlink.db")
+    state["pids"].append(_start(folder, "superlink", [_bin(cmd[0]), *cmd[1:]]))
     _save_state(folder, state)
     try:
-        _wait_for_port(control, 60, "the SuperLink")
-        _wait_for_port(fleet, 60, "the SuperLink's Fleet API")
+        _wait_for_port(port, 60, "the SuperLink")
         for i in range(nodes):
             key = None
             if secure:
@@ -222,21 +245,77 @@ def down(folder: str | Path, grace: float = 10.0) -> tuple[list[int], list[int]]
     return stopped, left
 
 
-def flwr_run(folder: str | Path, app_dir: str | Path, run_config: str, timeout: float = 600) -> dict:
-    """`flwr run APP fedgen-local --run-config ...`, then wait for the run to end; returns its final record.
+class SuperLinkGone(RuntimeError):
+    """The deployment's SuperLink stopped answering while a run was on it."""
 
-    `flwr run` exits 0 even when the ServerApp fails, so the run's status is read back with `flwr list`.
+
+def run_config_file(folder: str | Path, values: dict[str, str | bool]) -> Path:
+    """A TOML run config for `flwr run --run-config FILE`: every value a TOML basic string (JSON's escapes), so any
+    text survives, quotes and braces included."""
+    lines = [f"{key} = {json.dumps(v) if isinstance(v, str) else str(v).lower()}" for key, v in values.items()]
+    path = Path(folder) / f"run-config-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _status(folder: Path, run_id: int) -> dict | None:
+    """The run's record from `flwr list`; None when the SuperLink does not answer."""
+    listed = flwr(folder, "list", "--run-id", str(run_id), "--format", "json")
+    try:
+        return json.loads(listed.stdout)["runs"][0]
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
+def flwr_run(folder: str | Path, app_dir: str | Path, run_config: dict[str, str | bool],
+             on_line=print, poll: float = 2.0, patience: float = 30.0) -> dict:
+    """`flwr run APP fedgen-local --run-config FILE`, then follow the run until it ends; returns its final record.
+
+    The ServerApp's own lines are passed to ``on_line`` as they come (`flwr log --stream`). There is no deadline: a
+    run lasts as long as it lasts. Ctrl-C (KeyboardInterrupt) stops the run on the SuperLink (`flwr stop`) and is
+    raised again. A SuperLink that stops answering for ``patience`` seconds raises :class:`SuperLinkGone`. `flwr
+    run` exits 0 even when the ServerApp fails, so the run's status is read back with `flwr list`.
     """
-    started = flwr(folder, "run", str(app_dir), CONNECTION, "--run-config", run_config, "--format", "json")
+    folder = Path(folder).resolve()
+    started = flwr(folder, "run", str(app_dir), CONNECTION, "--run-config", str(run_config_file(folder, run_config)),
+                   "--format", "json")
     if started.returncode != 0:
         raise RuntimeError(f"flwr run failed: {started.stdout[-1000:]} {started.stderr[-1000:]}")
     run_id = json.loads(started.stdout)["run-id"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        listed = flwr(folder, "list", "--run-id", str(run_id), "--format", "json")
-        if listed.returncode == 0:
-            run = json.loads(listed.stdout)["runs"][0]
-            if run["status"].startswith("finished"):
+    logs = subprocess.Popen([_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"], env=_env(folder),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    follower = threading.Thread(target=_follow, args=(logs, on_line), daemon=True)
+    follower.start()
+    try:
+        silent_since = None
+        while True:
+            run = _status(folder, run_id)
+            if run is not None and run["status"].startswith("finished"):
                 return run
-        time.sleep(2)
-    raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f} s")
+            if run is None:
+                silent_since = silent_since or time.monotonic()
+                if time.monotonic() - silent_since > patience:
+                    raise SuperLinkGone(f"the SuperLink stopped answering during run {run_id}")
+            else:
+                silent_since = None
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        stopped = flwr(folder, "stop", str(run_id), CONNECTION)
+        on_line(f"stopped run {run_id} on the SuperLink" if stopped.returncode == 0 else
+                f"could not stop run {run_id} on the SuperLink: {stopped.stdout[-300:]} {stopped.stderr[-300:]}")
+        raise
+    finally:
+        procs.stop([logs.pid], grace=2)
+        follower.join(2)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _follow(logs: subprocess.Popen, on_line) -> None:
+    """Pass on the run's log lines that fedgen's ServerApp printed (they start with '[<strategy> seed=...]') and its
+    errors."""
+    for line in logs.stdout:
+        line = ANSI.sub("", line).rstrip()
+        if line.startswith("[") or "ERROR" in line or "Traceback" in line:
+            on_line(line)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fedgen.config import ConfigError, ExperimentConfig
 from fedgen.data import load_federation
+from fedgen.results import claim_run_folder
 
 
 def check_runnable(cfg: ExperimentConfig) -> None:
@@ -64,13 +65,15 @@ def quiet_flower(verbose: bool) -> None:
 
 
 def run(cfg: ExperimentConfig, out_dir: str | Path, verbose: bool = False, resume: bool = False,
-        client_app=None) -> dict:
+        client_app=None, overwrite: bool = False) -> dict:
     """Validate, then simulate ``cfg`` with ``data.num_clients`` virtual SuperNodes; returns the summary.
 
-    With ``resume``, continue the run in ``out_dir`` from its last completed round. ``client_app`` replaces the
+    With ``resume``, continue the run in ``out_dir`` from its last completed round; a folder that holds a run is
+    otherwise refused unless ``overwrite`` (:func:`fedgen.results.claim_run_folder`). ``client_app`` replaces the
     project's ClientApp (tests).
     """
     check_runnable(cfg)
+    claim_run_folder(out_dir, resume, overwrite)
     from flwr.simulation import run_simulation
 
     if client_app is None:

@@ -8,9 +8,9 @@ Two ways in, one body (:func:`run_experiment`):
 
 from __future__ import annotations
 
+import json
 import random
 import shlex
-import shutil
 import time
 from dataclasses import asdict
 from datetime import datetime
@@ -25,9 +25,9 @@ from flwr.serverapp import Grid, ServerApp
 import strategies
 from fedgen import checkpoint, foundation
 from fedgen.comm import UP, ByteLedger
-from fedgen.config import ExperimentConfig, load_config
+from fedgen.config import ConfigError, ExperimentConfig, load_config
 from fedgen.data import load_federation
-from fedgen.results import RunRecorder, read_rounds
+from fedgen.results import RunRecorder, claim_run_folder, read_rounds
 from fedgen.train import randomness, resolve_device
 from fedgen.wire import CLIENT_STATE_DIR, EXPERIMENT, LABEL_HISTOGRAM
 from simulations.grid import PROCESS_DIED, AccountedGrid
@@ -65,6 +65,7 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
     ledger) from which ``resume`` continues exactly.
     """
     out_dir = Path(out_dir)
+    claim_run_folder(out_dir, resume)  # the callers asked to overwrite have removed the old run already
     seed_everything(cfg.seed if cfg.init_seed is None else cfg.init_seed)
     method = strategies.method(cfg.strategy.name)
     fed = load_federation(cfg.data, cfg.seed)
@@ -129,8 +130,6 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
         t_round = time.perf_counter()
 
     client_state = out_dir / "client_state"  # simulated clients' state (a SuperNode with a state-dir keeps its own)
-    if not resume:  # a fresh run starts from nothing: no earlier run's client state or privacy ledger in this folder
-        shutil.rmtree(client_state, ignore_errors=True)
     config = ConfigRecord({EXPERIMENT: experiment_json, CLIENT_STATE_DIR: str(client_state.resolve())})
     try:
         if method.federated:  # learn which node holds which partition, and the facts the algorithm uses
@@ -185,6 +184,17 @@ def upload_figures(ledger: ByteLedger, model_bytes: int, num_clients: int) -> di
             "upload_per_client_pct_of_model": 100.0 * mean / model_bytes}
 
 
+def run_overrides(text: str) -> list[str]:
+    """The run config's ``set``: a JSON list of key=value overrides (what ``fedgen deploy run`` sends: any YAML
+    value survives, quotes and braces included), or, typed by hand, space-separated shell words."""
+    if text.lstrip().startswith("["):
+        overrides = json.loads(text)
+        if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+            raise ConfigError(f"run config 'set': expected a JSON list of 'key=value' strings, got {text!r}")
+        return overrides
+    return shlex.split(text)
+
+
 def make_server_app(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> ServerApp:
     app = ServerApp()
 
@@ -204,10 +214,12 @@ def main(grid: Grid, context: Context) -> None:
     path = Path(str(rc["config"]))
     if not path.is_absolute() and not path.exists():  # relative to the app (the FAB's folder under `flwr run`)
         path = APP_ROOT / path
-    cfg = load_config(path, shlex.split(str(rc.get("set", ""))))
+    cfg = load_config(path, run_overrides(str(rc.get("set", ""))))
     out = Path(str(rc.get("out", "")) or default_out_dir(cfg)).resolve()  # relative to where the SuperLink started
+    resume = bool(rc.get("resume", False))
+    claim_run_folder(out, resume, overwrite=bool(rc.get("overwrite", False)))
     print(f"[{cfg.strategy.name} seed={cfg.seed}] run folder {out}", flush=True)
-    summary = run_experiment(grid, cfg, out)
+    summary = run_experiment(grid, cfg, out, resume=resume)
     print(f"[{cfg.strategy.name} seed={cfg.seed}] run finished: {out}", flush=True)
     if summary["status"] != "finished":
         raise RuntimeError(f"run ended with status {summary['status']}")

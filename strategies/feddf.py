@@ -28,6 +28,7 @@ from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from fedgen import feddf
+from fedgen.compat.flower import check_and_log_replies
 from fedgen.config import FedDFConfig
 from fedgen.data import Federation
 from fedgen.data.images import to_float
@@ -75,7 +76,7 @@ class FedDF(FedAvg):
         self._groups: dict[str, dict[str, torch.Tensor]] = {}
         self._grid: Grid | None = None
         self.teachers: list[nn.Module] = []
-        """The last round's received models (the ensemble), for the task to score."""
+        """This round's received models (the ensemble; none before a round's replies), for the task to score."""
 
     def _to_groups(self, messages: Iterable[Message], arrays: ArrayRecord, grid: Grid) -> list[Message]:
         """Each message with its node's group model and the architecture's name."""
@@ -102,7 +103,8 @@ class FedDF(FedAvg):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(list(replies), is_train=True, validate=False)
+        valid, _ = check_and_log_replies(self, list(replies), is_train=True, validate=False)
+        self.teachers = []  # a round without replies has no ensemble to score
         if not valid:
             return None, None
         received = [(self.architecture(m.metadata.src_node_id), m.content["arrays"].to_torch_state_dict(),
@@ -245,10 +247,9 @@ class GroupsTask(Task):
             scores = {a: self.tasks[a].scores(groups[a]) for a in self.archs}
             out = {c: float(np.mean([s[c] for s in scores.values()])) for c in ("accuracy", "loss")}
             out.update({f"{c}-{a}": s[c] for a, s in scores.items() for c in ("accuracy", "loss")})
-        teachers, self.strategy.teachers = self.strategy.teachers, []
-        if teachers:
+        if self.strategy.teachers:  # read, not taken: scoring has no side effect
             x, y = self.fed.test.tensors()
-            logits = feddf.ensemble_logits(teachers, x, 256, self.device)
+            logits = feddf.ensemble_logits(self.strategy.teachers, x, 256, self.device)
             out["ensemble-accuracy"] = float((logits.argmax(1) == y).float().mean())
         return out
 

@@ -69,7 +69,7 @@ class FedDyn(StatefulClients):
             self.h = {
                 k: torch.zeros_like(v, dtype=torch.float64) for k, v in self._global.items() if k in self.param_keys
             }
-        config[FEDDYN_ALPHA] = self.alpha
+        config = ConfigRecord({**config, FEDDYN_ALPHA: self.alpha})  # a copy: the run's record also goes to evaluation
         if self.mean_examples is not None:
             config[FEDDYN_MEAN_EXAMPLES] = self.mean_examples
         return super().configure_train(server_round, arrays, config, grid)

@@ -12,35 +12,40 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedYogi
 
+from fedgen.compat.flower import FedOptSubset
 from strategies import retyped
 
 
-class _ParametersOnly:
+class _ParametersOnly(FedOptSubset):
     def __init__(self, *, param_keys: Iterable[str], **kwargs) -> None:
         super().__init__(**kwargs)
         self.param_keys = set(param_keys)
         self._averaged: dict = {}
 
+    def stepped(self, key: str) -> bool:
+        return key in self.param_keys
+
+    def set_aside(self, arrays: dict) -> None:
+        self._averaged = arrays
+
     def state_dict(self) -> dict:
-        return {"m_t": self.m_t, "v_t": self.v_t}
+        """The moments as tensors: a checkpoint holds tensors and plain data only (numpy arrays are not read back)."""
+        moments = self.moments()
+        return {k: m if m is None else {n: torch.from_numpy(a) for n, a in m.items()} for k, m in moments.items()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.m_t, self.v_t = state["m_t"], state["v_t"]
+        self.load_moments({k: m if m is None else {n: t.numpy() for n, t in m.items()} for k, m in state.items()})
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         messages = super().configure_train(server_round, arrays, config, grid)
-        self.current_arrays = {k: v for k, v in self.current_arrays.items() if k in self.param_keys}
+        self.restrict_reference()
         return messages
-
-    def _compute_deltat_and_mt(self, aggregated: ArrayRecord):
-        self._averaged = {k: a for k, a in aggregated.items() if k not in self.param_keys}
-        return super()._compute_deltat_and_mt(ArrayRecord({k: a for k, a in aggregated.items()
-                                                           if k in self.param_keys}))
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:

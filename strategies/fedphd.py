@@ -31,6 +31,7 @@ from torch import nn
 
 from fedgen import fedphd
 from fedgen.comm import DOWN, EDGE_CLOUD, UP, ByteLedger
+from fedgen.compat.flower import check_and_log_replies
 from fedgen.config import FedPhDConfig
 from fedgen.diffusion import pruning
 from fedgen.diffusion.task import DiffusionTask, unet_fn
@@ -90,7 +91,7 @@ class FedPhD(FedAvg):
 
     # --- state ---------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"plan": self.plan, "edges": [{"model": e.model, "q": e.q.tolist(), "n": e.n, "last_n": e.last_n}
+        return {"plan": self.plan, "edges": [{"model": e.model, "q": e.q.tolist(), "n": float(e.n), "last_n": e.last_n}
                                              for e in self.edges]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -148,7 +149,7 @@ class FedPhD(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid, _ = check_and_log_replies(self, replies, is_train=True)
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key) if valid else None
         metrics = MetricRecord(dict(metrics or {}))
         for e, edge in enumerate(self.edges):  # edge aggregation

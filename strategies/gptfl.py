@@ -15,6 +15,7 @@ The plain functions are :mod:`fedgen.gptfl` and :mod:`fedgen.privacy.iblt`; the 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import astuple, dataclass
@@ -24,10 +25,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from tqdm.auto import tqdm
 
 from fedgen import gptfl
+from fedgen.compat.flower import sample_nodes
 from fedgen.data import ImageSet
 from fedgen.privacy import iblt, secagg
 from fedgen.results import save_image_grid
@@ -46,6 +47,13 @@ from strategies import fedopt
 from strategies.retyped import TrainsAs
 
 TABLE_ROLE = "gptfl.label-table"
+log = logging.getLogger("fedgen")
+
+
+def _coverage(what: str, covered: int, asked: int, missing: str) -> None:
+    """Warn when fewer clients than were asked made it into a sum (SecAgg+ drops a client that stops answering)."""
+    if covered < asked:
+        log.warning("%s covers %d of the %d clients asked: %s", what, covered, asked, missing)
 
 
 class GptFL(TrainsAs):
@@ -119,21 +127,29 @@ class SecureUpdates:
                                      SECURE_KEYS: json.dumps(list(state)), PROXIMAL_MU: proximal_mu})
         mean, n = secagg.secure_mean(grid, nodes, instructions, list(state.values()), self.max_weight, self.clip,
                                      self.shares, self.threshold, self.timeout, server_round)
+        _coverage(f"round {server_round}: the secure mean", n, len(nodes), "the others' updates are not in it")
         state.update({k: m.astype(state[k].dtype) for k, m in zip(keys, mean, strict=True)})
         return (ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}),
-                MetricRecord({"secure-clients": n}))
+                MetricRecord({"secure-clients": n, "secure-clients-asked": len(nodes)}))
 
 
 # --- 1. the union of the clients' labels ----------------------------------------------------------------------------
-def collect_plain(ctx, grid: Grid) -> tuple[dict[str, int], int]:
+UNION_SHORT = "labels only the others hold are missing"
+
+
+def collect_plain(ctx, grid: Grid) -> tuple[dict[str, int], int, int]:
+    """The union of the clients' label names, the clients it counts and the clients asked."""
     config = ConfigRecord({EXPERIMENT: ctx.cfg.to_json(), SERVER_ROUND: 0})
     messages = [Message(RecordDict({"config": config}), dst_node_id=n, message_type=LABELS)
                 for n in grid.get_node_ids()]
     replies = list(grid.send_and_receive(messages, timeout=ctx.cfg.strategy.round_timeout_s))
-    return gptfl.union([list(r.content["labels"][LABEL_NAMES]) for r in replies]), len(replies)
+    _coverage("GPT-FL's label union", len(replies), len(messages), UNION_SHORT)
+    return gptfl.union([list(r.content["labels"][LABEL_NAMES]) for r in replies]), len(replies), len(messages)
 
 
-def collect_private(ctx, grid: Grid) -> tuple[dict[str, int], int]:
+def collect_private(ctx, grid: Grid) -> tuple[dict[str, int], int, int]:
+    """The union of the clients' label names under SecAgg+, the clients its secure sum covers and the clients asked
+    (a client SecAgg+ drops is left out of the sum, and its labels with it)."""
     s, nodes = ctx.cfg.strategy, list(grid.get_node_ids())
     counted = []
 
@@ -149,7 +165,8 @@ def collect_private(ctx, grid: Grid) -> tuple[dict[str, int], int]:
 
     spec = iblt.spec_for(s.label_capacity, max(len(nodes), 2), s.label_bytes, ctx.cfg.seed)
     found, _ = iblt.decode_with_retries(summed, spec)
-    return found, counted[-1]
+    _coverage("GPT-FL's label union", counted[-1], len(nodes), UNION_SHORT)
+    return found, counted[-1], len(nodes)
 
 
 # --- 2. and 3. prompts and the synthetic set ------------------------------------------------------------------------
@@ -190,7 +207,7 @@ def prepare(ctx, strategy: GptFL, grid: Grid, arrays: ArrayRecord) -> tuple[Arra
     """Labels, prompts, synthetic set and pre-training: the model round 0 scores, and that round's metrics."""
     s, fed = ctx.cfg.strategy, ctx.fed
     t0 = time.perf_counter()
-    found, answered = (collect_private if s.labels == "private" else collect_plain)(ctx, grid)
+    found, answered, asked = (collect_private if s.labels == "private" else collect_plain)(ctx, grid)
     ids = gptfl.class_ids(found, fed.class_names)
     t1 = time.perf_counter()
     by_name = prompts_for(ctx, [fed.class_names[c] for c in ids])
@@ -204,9 +221,11 @@ def prepare(ctx, strategy: GptFL, grid: Grid, arrays: ArrayRecord) -> tuple[Arra
                  seed=ctx.cfg.seed, cosine=True)
     t3 = time.perf_counter()
     (ctx.out_dir / "labels.json").write_text(json.dumps(
-        {"mode": s.labels, "clients_counted": answered, "labels": {n: found[n] for n in sorted(found)},
+        {"mode": s.labels, "clients_counted": answered, "clients_asked": asked,
+         "labels": {n: found[n] for n in sorted(found)},
          "prompts": {n: len(p) for n, p in sorted(by_name.items())}}, indent=1))
-    metrics = {"gptfl/labels": len(found), "gptfl/label-seconds": t1 - t0, "gptfl/synthetic-images": len(synthetic),
+    metrics = {"gptfl/labels": len(found), "gptfl/label-clients": answered, "gptfl/label-clients-asked": asked,
+               "gptfl/label-seconds": t1 - t0, "gptfl/synthetic-images": len(synthetic),
                "gptfl/generate-seconds": t2 - t1, "gptfl/pretrain-seconds": t3 - t2,
                "gptfl/pretrain-loss": result.loss}
     return ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()}), metrics

@@ -20,9 +20,9 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedgen import oscar
+from fedgen.compat.flower import sample_nodes
 from fedgen.config import GeneratorConfig, OscarConfig
 from fedgen.data import ImageSet
 from fedgen.fedeval import aggregate_evaluations
@@ -84,7 +84,7 @@ class Oscar(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         self._arrays = arrays
-        config[SERVER_ROUND] = server_round
+        config = ConfigRecord({**config, SERVER_ROUND: server_round})  # a copy: the run's record is shared
         nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
         return [Message(RecordDict({"config": config}), dst_node_id=n, message_type=ENCODE) for n in nodes]
 
@@ -141,7 +141,7 @@ class Oscar(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         if self.fraction_evaluate == 0:
             return []
-        config[SERVER_ROUND] = server_round
+        config = ConfigRecord({**config, SERVER_ROUND: server_round})
         nodes = self._sample(grid, self.fraction_evaluate, 1)
         content = RecordDict({"arrays": arrays, "config": config})
         return [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]

@@ -1,17 +1,20 @@
-"""A real gRPC deployment on loopback (TLS + SuperNode authentication). (A simulation on an existing Ray cluster:
-tests/test_dying_clients.py.)
+"""A real deployment on loopback: SuperNodes over HTTPS (TLS + SuperNode authentication), and `fedgen deploy run`.
+(A simulation on an existing Ray cluster: tests/test_dying_clients.py.)
 
 Every process a test starts is stopped by PID (its process group and descendants), never by name.
 """
 
+import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from simulations import deploy, procs
 
@@ -44,16 +47,22 @@ def test_a_secure_federation_over_grpc_survives_a_dying_supernode_and_refuses_an
     try:
         assert state["secure"] and len(state["pids"]) == 4
         watcher.start()
-        run = deploy.flwr_run(folder, ROOT, f"set='rounds=2 data.num_clients=3 data.partition.kind=iid "
-                                            f"strategy.min_train_clients=2 strategy.round_timeout_s=240' out='{out}'",
-                              timeout=500)
+        sets = ["rounds=2", "data.num_clients=3", "data.partition.kind=iid", "strategy.min_train_clients=2",
+                "strategy.round_timeout_s=240"]
+        run = deploy.flwr_run(folder, ROOT, {"config": "simulations/configs/digits_domains.yaml",
+                                             "set": json.dumps(sets), "out": str(out)}, on_line=lambda line: None)
         watcher.join(5)
         assert victim in stopped_victim and run["status"] == "finished:completed", run
         summary = json.loads((out / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["rounds"] == 2 and summary["final_accuracy"] > 0.3
         assert summary["bytes_up"] > 0 and "label_histograms" not in summary  # FedAvg's server never uses them
-        assert [(f["client"], f["reason"]) for f in summary["failures"]] in (
-            [], [(2, "no reply: the node is no longer connected")])
+        # round 2: the stopped node sends nothing; if the server still listed it (Flower notices a dead node by its
+        # missed heartbeats) and sent it the model, that message is recorded as a failure, and nothing else is
+        ledger = list(csv.DictReader((out / "bytes.csv").open()))
+        sent = any(e["round"] == "2" and e["client"] == "2" and e["direction"] == "down" for e in ledger)
+        assert not any(e["round"] == "2" and e["client"] == "2" and e["direction"] == "up" for e in ledger)
+        assert [(f["client"], f["reason"]) for f in summary["failures"]] == (
+            [(2, "no reply: the node is no longer connected")] if sent else [])
 
         key, _ = deploy.make_node_key(folder / "keys", "unregistered")
         intruder = deploy.start_supernode(folder, 0, 3, key)
@@ -125,3 +134,94 @@ def test_certs_and_node_keys_load_as_flower_loads_them(tmp_path):
     private, public = deploy.make_node_key(tmp_path, "n0")
     assert load_ssh_private_key(private.read_bytes(), password=None).key_size == 384
     assert load_ssh_public_key(public.read_bytes()).key_size == 384
+
+
+def _fedgen(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "simulations.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.slow
+def test_fedgen_deploy_run_keeps_the_nodes_budget_and_results_and_names_a_dead_superlink(tmp_path, tiny_cfg):
+    """`fedgen deploy run` from another directory, end to end, against two SuperNodes that keep their own state
+    (--state-dir) and cap their own privacy (--dp-epsilon-max 4):
+    1. a private FedDDPM run spending epsilon 3, whose experiment name holds quotes and braces, shows its rounds;
+    2. the same run folder again is refused before anything is sent (exit 2), naming --resume and --overwrite;
+    3. a renamed experiment asking for epsilon 10 finds the nodes' ledgers at 3 and their cap at 4: both refuse;
+    4. a SuperLink stopped (by PID) after round 1 of a third run ends the command with what to do, not a traceback.
+    """
+    from test_fedddpm import _cfg
+
+    from fedgen.config import dump_yaml
+
+    cfg = _cfg(tiny_cfg, {"epsilon": 3.0}, min_train_clients=1).model_copy(update={"rounds": 1})
+    config = tmp_path / "private.yaml"
+    config.write_text(dump_yaml(cfg).replace("num_clients: 3", "num_clients: 2"))
+    folder = tmp_path / "deploy"
+    state = deploy.up(folder, nodes=2, secure=False, state_root=tmp_path / "nodes", dp_epsilon_max=4)
+    try:
+        name = """it's "quoted" {braced}"""
+        first = _fedgen("deploy", "run", str(config), "--set", f"name={json.dumps(name)}", "--out", "run1",
+                        "--dir", str(folder), cwd=tmp_path)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        assert "round   1/1" in first.stdout and "finished:completed" in first.stdout
+        assert yaml.safe_load((tmp_path / "run1" / "config.yaml").read_text())["name"] == name
+        ledgers = sorted((tmp_path / "nodes").glob("node-*/dp-spent-*.json"))
+        assert len(ledgers) == 2  # each node's own, in its own state-dir
+
+        again = _fedgen("deploy", "run", str(config), "--out", "run1", "--dir", str(folder), cwd=tmp_path)
+        assert again.returncode == 2 and "holds a run already" in again.stderr
+        assert "--resume" in again.stderr and "--overwrite" in again.stderr
+
+        greedy = _fedgen("deploy", "run", str(config), "--set", "name=renamed", "--set", "dp.epsilon=10",
+                         "--out", "run2", "--dir", str(folder), cwd=tmp_path)
+        assert greedy.returncode == 1
+        reasons = [f["reason"] for f in json.loads((tmp_path / "run2" / "summary.json").read_text())["failures"]]
+        assert len(reasons) == 2 and all("would bring its epsilon from 3 to" in r and
+                                         "over the node's own cap dp-epsilon-max=4.0" in r for r in reasons), reasons
+
+        plain = subprocess.Popen(  # the same experiment, non-private: it trains round after round
+            [sys.executable, "-m", "simulations.cli", "deploy", "run", str(config), "--set", "dp.epsilon=null",
+             "--set", "rounds=20", "--set", "name=plain", "--out", str(tmp_path / "run3"), "--dir", str(folder)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        rows = tmp_path / "run3" / "rounds.jsonl"
+        while time.monotonic() < deadline and not (rows.exists() and len(rows.read_text().splitlines()) >= 2):
+            time.sleep(0.5)
+        os.kill(state["pids"][0], signal.SIGKILL)  # the SuperLink
+        out, err = plain.communicate(timeout=180)
+        assert plain.returncode == 1, out[-2000:] + err[-2000:]
+        assert "the SuperLink stopped answering" in err and "Traceback" not in err
+        assert f"{tmp_path / 'run3'} holds rounds up to" in err and "fedgen deploy run --resume" in err
+    finally:
+        stopped, left = deploy.down(folder)
+    assert left == []
+
+
+def test_a_run_config_carries_any_override_text(tmp_path):
+    """What `fedgen deploy run` sends as the run config (a TOML file) gives the ServerApp back exactly the overrides
+    it was given, quotes, braces and spaces included."""
+    import tomllib
+
+    from simulations.server_app import run_overrides
+
+    sets = ["strategy.templates=['a \"b\" {c}', \"it's\"]", "name=x y", "set={'a': 1}"]
+    path = deploy.run_config_file(tmp_path, {"config": "c.yaml", "set": json.dumps(sets), "overwrite": True})
+    values = tomllib.loads(path.read_text())
+    assert run_overrides(values["set"]) == sets and values["overwrite"] is True
+    assert run_overrides("rounds=2 name='a b'") == ["rounds=2", "name=a b"]  # typed by hand on `flwr run`
+
+
+def test_the_readmes_separate_machines_table_is_what_deploy_up_starts():
+    """The README's server and client commands are the ones `fedgen deploy up` starts on loopback (the deployment
+    tests above run them), with the README's addresses and files."""
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    tls = {"ca": "ca.crt", "cert": "server.pem", "key": "server.key"}
+    server = shlex.join(deploy.superlink_command("0.0.0.0", 8000, tls, "state.db"))
+    client = shlex.join(deploy.supernode_command(
+        "SERVER:8000", 'partition-id=k num-partitions=n state-dir="/var/lib/fedgen" dp-epsilon-max=10', "ca.crt",
+        "node-k"))
+    assert f"| server | `{server}` |" in readme
+    assert f"then `{client}` |" in readme

@@ -168,3 +168,28 @@ def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tin
     # resumed run's partition query is not counted again
     assert (tmp_path / "broke" / "bytes.csv").read_text() == (tmp_path / "whole" / "bytes.csv").read_text()
     assert (resumed["bytes_up"], resumed["bytes_down"]) == (whole["bytes_up"], whole["bytes_down"])
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedddpm"])
+def test_a_long_tail_run_resumes_exactly(strategy, tiny_cfg, tmp_path, monkeypatch):
+    """LDMLR's federated classifier with its feature diffusion (FedAvg) and FedDDPM's feature denoiser with the
+    server's correction steps and head (non-private: a private client charges its ledger for the round the
+    interruption cut, and so may refuse when it is repeated), interrupted in round 2: the resumed run ends where the
+    whole one did."""
+    from test_fedddpm import _cfg as fedddpm_cfg
+    from test_ldmlr import _cfg as ldmlr_cfg
+
+    from clients.app import app
+
+    sampled = {"fraction_train": 0.5, "min_train_clients": 2}
+    cfg = fedddpm_cfg(tiny_cfg, {}, **sampled) if strategy == "fedddpm" else \
+        ldmlr_cfg(tiny_cfg, strategy).model_copy(update={"rounds": 2})
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_clients": 4}),
+                                 "strategy": cfg.strategy.model_copy(update=sampled)})
+    whole = run_experiment(InProcessGrid(app, 4), cfg, tmp_path / "whole")
+    _interrupted_in_round_2(strategy, cfg, tmp_path / "broke", monkeypatch)
+    resumed = run_experiment(InProcessGrid(app, 4, seed=9), cfg, tmp_path / "broke", resume=True)
+    a, b = torch.load(tmp_path / "whole" / "model.pt"), torch.load(tmp_path / "broke" / "model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["final_scores"] == whole["final_scores"] and resumed["status"] == "finished"
+    assert (tmp_path / "broke" / "bytes.csv").read_text() == (tmp_path / "whole" / "bytes.csv").read_text()

@@ -10,9 +10,11 @@ import pytest
 import torch
 from inprocess import InProcessGrid
 
+from clients import dp_ledger
 from clients.app import app
 from fedgen import fedddpm
 from fedgen.config import ConfigError, DpConfig, LdmlrConfig
+from fedgen.data import load_federation
 from fedgen.diffusion import features as fd
 from fedgen.privacy import dp_diffusion, gdp
 from fedgen.wire import DPDIFFUSION_TRAIN
@@ -204,15 +206,24 @@ def test_pseudo_feature_upload_carries_generated_features_only(tiny_cfg, tmp_pat
     assert "(uploaded pseudo-features)" in table and (tmp_path / "audit" / "roc.png").stat().st_size > 0
 
 
+def _ledger(cfg, pid):
+    """The file name of client ``pid``'s privacy ledger: a fingerprint of its data, nothing the server names."""
+    return f"dp-spent-{dp_ledger.fingerprint(load_federation(cfg.data, cfg.seed).client(pid)[0])}.json"
+
+
+def _node(grid, pid):
+    return next(c for c in grid.contexts.values() if c.node_config["partition-id"] == pid)
+
+
 def test_a_client_over_its_budget_refuses_and_the_run_goes_on(tiny_cfg, tmp_path):
-    # client 0's node already spent most of the budget on this experiment (its ledger, on its own disk): it refuses
+    # client 0's node already spent most of its budget on its data (its ledger, on its own disk): it refuses
     # every round, naming its epsilon and the budget; the others train within theirs and the run goes on
     cfg = _cfg(tiny_cfg, {"epsilon": 5.0}, min_train_clients=1)
     state = tmp_path / "node0"
     state.mkdir()
-    (state / "dp-spent-tiny-p0.json").write_text(json.dumps(gdp.Spent(mu1_sq=4.0).to_dict()))
+    (state / _ledger(cfg, 0)).write_text(json.dumps(gdp.Spent(mu1_sq=4.0).to_dict()))
     grid = InProcessGrid(app, 3)
-    next(c for c in grid.contexts.values() if c.node_config["partition-id"] == 0).node_config["state-dir"] = str(state)
+    _node(grid, 0).node_config["state-dir"] = str(state)
     summary = run_experiment(grid, cfg, tmp_path / "run")
     assert summary["status"] == "finished"
     failures = summary["failures"]
@@ -221,13 +232,39 @@ def test_a_client_over_its_budget_refuses_and_the_run_goes_on(tiny_cfg, tmp_path
                and "it does not train" in f["reason"] for f in failures)
     rows = _rows(tmp_path / "run")
     assert "train/fedddpm/epsilon-client0" not in rows[2] and rows[2]["train/fedddpm/epsilon-client1"] <= 5.0 + 1e-9
-    spent = gdp.Spent.from_dict(json.loads((state / "dp-spent-tiny-p0.json").read_text()))
+    spent = gdp.Spent.from_dict(json.loads((state / _ledger(cfg, 0)).read_text()))
     assert spent.mu1_sq == 4.0 and not spent.phase2  # a refusal spends nothing
-    # the same experiment again into the same folder is a fresh run: the simulated clients' ledgers (the first run
-    # spent every client's whole budget there) start empty, so nobody refuses
-    assert (tmp_path / "run" / "client_state" / "dp-spent-tiny-p1.json").exists()
-    again = run_experiment(InProcessGrid(app, 3), cfg, tmp_path / "run")
-    assert again["status"] == "finished" and again["failures"] == []
+    assert (tmp_path / "run" / "client_state" / _ledger(cfg, 1)).exists()  # a simulated client's, in the run
+
+
+def test_the_budget_is_the_clients_a_renamed_experiment_continues_and_a_greedier_server_is_refused(tiny_cfg,
+                                                                                                     tmp_path):
+    """Each node keeps its ledger in its own state-dir. A first run spends; the same data under another experiment
+    name continues that spending (the ledger is keyed by the data, not by a name the server sends). A server that
+    raises dp.epsilon past the nodes' own cap (node config dp-epsilon-max) is refused by every client, and the run
+    stops naming the cap."""
+    cfg = _cfg(tiny_cfg, {"epsilon": 5.0}, min_train_clients=1)
+    states = [tmp_path / f"node{k}" for k in range(3)]
+
+    def grid(cap=None):
+        g = InProcessGrid(app, 3)
+        for k in range(3):
+            _node(g, k).node_config.update({"state-dir": str(states[k]), **({"dp-epsilon-max": cap} if cap else {})})
+        return g
+
+    run_experiment(grid(), cfg, tmp_path / "first")
+    first = gdp.Spent.from_dict(json.loads((states[1] / _ledger(cfg, 1)).read_text())).epsilon(cfg.dp.delta)
+    assert 0 < first <= 5.0 + 1e-9
+    renamed = cfg.model_copy(update={"name": "renamed"})
+    with pytest.raises(Exception, match=r"client 1: round 1 would bring its epsilon from 5 .* over the budget"):
+        run_experiment(grid(), renamed, tmp_path / "renamed")  # every client refuses: the first run spent it all
+    assert sorted(p.name for p in states[1].glob("dp-spent-*.json")) == [_ledger(cfg, 1)]
+
+    greedy = _cfg(tiny_cfg, {"epsilon": 20.0}, min_train_clients=1).model_copy(update={"name": "greedy"})
+    with pytest.raises(Exception, match=r"over the node's own cap dp-epsilon-max=6.0"):
+        run_experiment(grid(cap="6"), greedy, tmp_path / "greedy")
+    after = gdp.Spent.from_dict(json.loads((states[1] / _ledger(cfg, 1)).read_text())).epsilon(cfg.dp.delta)
+    assert after <= 6.0 + 1e-9
 
 
 def test_bad_private_configs_fail_before_any_work(tiny_cfg, tmp_path):

@@ -228,6 +228,23 @@ def test_the_official_stop_signal_reads_labels_of_a_held_out_tenth_only(tiny_cfg
     assert not any(tuple(x.flatten()[:64].tolist()) in seen for x in data.holdout)
 
 
+def test_scoring_the_groups_twice_gives_the_same_scores(tiny_cfg):
+    """Evaluation reads the strategy's teachers, it does not take them: a second scoring of the same round is the
+    first, the ensemble's accuracy included."""
+    from fedgen.data import load_federation
+    from strategies.feddf import GroupsTask
+
+    cfg = tiny_cfg(strategy={"name": "feddf", "architectures": ["cnn"], **FAST})
+    ctx = type("Ctx", (), {"cfg": cfg, "fed": load_federation(cfg.data, cfg.seed), "device": torch.device("cpu")})
+    torch.manual_seed(0)
+    teachers = [build_model("cnn", 10) for _ in range(2)]
+    strategy = type("Strategy", (), {"teachers": teachers})()
+    task = GroupsTask(ctx, strategy)
+    state = feddf.join({"cnn": teachers[0].state_dict()})
+    first = task.evaluate(1, state)
+    assert "ensemble-accuracy" in first and task.evaluate(1, state) == first and strategy.teachers == teachers
+
+
 def run_experiment_in_process(app, cfg, out):
     from simulations.server_app import run_experiment
 

@@ -1,12 +1,13 @@
 """Foundation models, built tiny and random from configs, saved, and loaded through the real from_pretrained path."""
 
 import json
+import random
 
 import numpy as np
 import pytest
 import torch
 
-from fedgen import foundation, oscar
+from fedgen import checkpoint, foundation, oscar
 from fedgen.config import EmbeddedConfig, FoundationConfig
 from fedgen.data.digits import CLASS_NAMES, PALETTE, load_digits_domains
 from fedgen.foundation.captions import describe, vocabulary
@@ -80,7 +81,12 @@ def test_embedded_profile_prepares_once_and_loads_through_from_pretrained(tmp_pa
         **TWO_STEPS, min_caption_accuracy=0, min_class_fidelity=0))
     with pytest.raises(FileNotFoundError, match="fedgen foundation prepare embedded"):
         foundation.resolve(cfg)
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    before = checkpoint.rng_state()
     paths = foundation.resolve(cfg, prepare=True)
+    after = checkpoint.rng_state()  # preparing (a cold cache) leaves the run's random streams where a warm one does
+    assert torch.equal(after["torch"], before["torch"]) and after["python"] == before["python"]
+    assert all(np.array_equal(a, b) for a, b in zip(after["numpy"], before["numpy"], strict=True))
     assert paths.profile == "embedded" and (tmp_path / paths.generator).exists()
     assert foundation.resolve(cfg) == paths  # prepared once, then reused
     manifest = json.loads((tmp_path / paths.generator).parent.joinpath("fedgen-embedded.json").read_text())

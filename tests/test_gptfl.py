@@ -6,13 +6,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from flwr.common import bytes_to_ndarray
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from inprocess import InProcessGrid
 
 from clients.app import app
 from fedgen import gptfl
 from fedgen.comm import ByteLedger
+from fedgen.compat.flower import RECORD_KEY_CONFIGS, bytes_to_ndarray
+from fedgen.compat.flower import SecAggKey as Key
 from fedgen.config import ConfigError
 from fedgen.data import load_federation
 from fedgen.privacy import iblt
@@ -105,8 +105,8 @@ def secagg_setup(tiny_cfg):
 
 def test_secagg_recovers_the_union_and_never_sees_a_table(secagg_setup):
     ctx, grid, inner, sets = secagg_setup()
-    found, clients = collect_private(ctx, grid)
-    assert found == gptfl.union(sets) and clients == 5
+    found, clients, asked = collect_private(ctx, grid)
+    assert found == gptfl.union(sets) and clients == asked == 5
     assert len({frozenset(s) for s in sets}) > 1  # Dirichlet 0.1: the clients' label sets differ
     # every array the server received: SecAgg+'s masked vectors; none is a client's table, clear or shifted
     spec = iblt.spec_for(20, 5, 64, ctx.cfg.seed)
@@ -124,9 +124,10 @@ def test_secagg_recovers_the_union_and_never_sees_a_table(secagg_setup):
             assert np.mean(vec == table) < 0.5  # masks cover the zero cells too
 
 
-def test_secagg_survives_a_client_dropping_out_mid_protocol(secagg_setup, monkeypatch):
+def test_secagg_survives_a_client_dropping_out_mid_protocol(secagg_setup, monkeypatch, caplog):
     """Client 2 disappears after the key exchange, when it should send its masked table: the server still gets the
-    union of the other four (its masks are reconstructed from its neighbours' shares)."""
+    union of the other four (its masks are reconstructed from its neighbours' shares), counts 4 of the 5 asked and
+    warns that the union lacks the labels only the dropped client holds."""
     from clients import gptfl as role
 
     original = role.label_table
@@ -138,10 +139,41 @@ def test_secagg_survives_a_client_dropping_out_mid_protocol(secagg_setup, monkey
 
     monkeypatch.setattr(role, "label_table", dying)
     ctx, grid, _, sets = secagg_setup()
-    found, clients = collect_private(ctx, grid)
-    assert clients == 4
+    with caplog.at_level("WARNING", logger="fedgen"):
+        found, clients, asked = collect_private(ctx, grid)
+    assert (clients, asked) == (4, 5)
     assert found == gptfl.union(sets[:2] + sets[3:])
+    assert [r.getMessage() for r in caplog.records if "covers" in r.getMessage()] == [
+        "GPT-FL's label union covers 4 of the 5 clients asked: labels only the others hold are missing"]
     assert [f["client"] for f in grid.failures] == [2]
+
+
+def test_a_secure_round_counts_the_clients_its_mean_covers_against_those_asked(secagg_setup, monkeypatch, caplog):
+    """Under secure_updates, client 2 fails its training inside SecAgg+: the mean is the other four's, and the
+    round's figures and a warning say so."""
+    import torch
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from clients import secure
+    from fedgen.models import build_model
+    from strategies.gptfl import SecureUpdates
+
+    original = secure._train_update
+
+    def dying(msg, fitins, config, context):
+        if int(context.node_config["partition-id"]) == 2:
+            raise ConnectionError("node lost")
+        return original(msg, fitins, config, context)
+
+    monkeypatch.setattr(secure, "_train_update", dying)
+    ctx, grid, _, _ = secagg_setup(labels="plain")
+    torch.manual_seed(0)
+    arrays = ArrayRecord(build_model("cnn", 10).state_dict())
+    updates = SecureUpdates(1.0, 5, 1000, 8.0, 1.0, 0.6, 600)
+    with caplog.at_level("WARNING", logger="fedgen"):
+        _, metrics = updates.round(1, arrays, ConfigRecord({"experiment": ctx.cfg.to_json()}), grid, 0.0)
+    assert dict(metrics) == {"secure-clients": 4, "secure-clients-asked": 5}
+    assert "round 1: the secure mean covers 4 of the 5 clients asked" in caplog.text
 
 
 def test_the_table_is_never_sent_outside_secagg(secagg_setup):
@@ -158,8 +190,8 @@ def test_the_table_is_never_sent_outside_secagg(secagg_setup):
 
 def test_private_and_plain_collection_agree_and_plain_rejects_bad_replies(secagg_setup, monkeypatch):
     ctx, grid, _, sets = secagg_setup(labels="plain")
-    found, clients = collect_plain(ctx, grid)
-    assert found == gptfl.union(sets) and clients == 5
+    found, clients, asked = collect_plain(ctx, grid)
+    assert found == gptfl.union(sets) and clients == asked == 5
     from clients import gptfl as role
 
     original = role.labels
@@ -175,8 +207,8 @@ def test_private_and_plain_collection_agree_and_plain_rejects_bad_replies(secagg
     from strategies.gptfl import GptFL
 
     grid.checks.update(GptFL(None, load_federation(ctx.cfg.data, 0).class_names).reply_checks())
-    found, clients = collect_plain(ctx, grid)
-    assert clients == 4 and found == gptfl.union(sets[:4])
+    found, clients, asked = collect_plain(ctx, grid)
+    assert (clients, asked) == (4, 5) and found == gptfl.union(sets[:4])
     assert "zebra" in grid.failures[0]["reason"]
 
 
@@ -252,6 +284,7 @@ def test_gptfl_run_pretrains_then_fine_tunes(labels, tiny_cfg, tiny_models, tmp_
     assert all("facts" not in m.content["config"] for m in queries)  # the partition query asks for no labels
     rows = [json.loads(r) for r in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
     assert rows[0]["round"] == 0 and rows[0]["gptfl/labels"] == len(held)  # round 0: the pre-trained model
+    assert rows[0]["gptfl/label-clients"] == rows[0]["gptfl/label-clients-asked"] == 4
     if labels == "private":  # only SecAgg+'s stages and the fine-tuning carried 'train' messages
         train = [m for m in grid.delivered if m.metadata.message_type == "train"]
         assert sum(RECORD_KEY_CONFIGS in m.content.config_records for m in train) == 4 * 4
@@ -313,7 +346,7 @@ def test_fine_tuning_under_secagg_matches_plain_fedavg(tiny_cfg, tiny_models, tm
             assert all(a.numpy().size == 0 for r in trains for rec in r.content.array_records.values()
                        for a in rec.values())  # no model came back in the clear
             rows = [json.loads(r) for r in (run / "rounds.jsonl").read_text().splitlines()]
-            assert rows[1]["train/secure-clients"] == 3
+            assert rows[1]["train/secure-clients"] == rows[1]["train/secure-clients-asked"] == 3
             assert rows[1]["bytes_up"] > 0  # SecAgg+'s traffic is counted in its own round
     floats = [k for k, v in models[False].items() if v.is_floating_point()]
     assert max(float((models[True][k] - models[False][k]).abs().max()) for k in floats) < 1e-4

@@ -64,6 +64,23 @@ def test_oscar_round_uploads_only_category_encodings(oscar_cfg, tiny_models, tmp
     assert (tmp_path / "run" / "generated.png").stat().st_size > 0
 
 
+def test_oscar_leaves_the_shared_config_record_alone(tmp_path):
+    """One config record serves configure_train and configure_evaluate: each message gets a copy with its round."""
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from fedgen.wire import SERVER_ROUND
+    from strategies.oscar import Oscar
+
+    grid = InProcessGrid(app, 2)
+    strategy = Oscar(None, None, None, None, 10, [], [], 32, fraction_train=1.0, min_train_nodes=2,
+                     fraction_evaluate=1.0, device=None, seed=0, out_dir=tmp_path)
+    config = ConfigRecord({"experiment": "{}"})
+    train = strategy.configure_train(1, ArrayRecord(), config, grid)
+    evaluate = strategy.configure_evaluate(2, ArrayRecord(), config, grid)
+    assert dict(config) == {"experiment": "{}"}
+    assert [m.content["config"][SERVER_ROUND] for m in train + evaluate] == [1, 1, 2, 2]
+
+
 def test_bad_encoding_uploads_are_rejected(oscar_cfg, tmp_path, monkeypatch):
     from clients import encode
 

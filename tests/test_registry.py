@@ -75,6 +75,15 @@ class ToyTask(Task):
         return {"toy": state}
 
 
+def test_each_task_has_its_own_extras():
+    """A task that does not set its extras (ToyTask) still has a dict of its own: filling one leaves the others."""
+    a, b = (ToyTask(type("Ctx", (), {"cfg": type("Cfg", (), {"strategy": type("S", (), {"target": 1.0})})}), None)
+            for _ in range(2))
+    a.extras["mine"] = 1
+    assert a.extras == {"mine": 1} and b.extras == {} and a.extras is not b.extras
+    assert "mine" not in getattr(Task, "extras", {})
+
+
 @pytest.fixture
 def toy_method():
     class ToyConfig(StrategyConfig):

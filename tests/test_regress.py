@@ -72,7 +72,7 @@ def test_missing_failed_new_and_heavier_methods(tmp_path):
     local = _csv(tmp_path / "local.csv", [("L", 0, "finished", 0.6, 0, 1)])
     chatty = _csv(tmp_path / "chatty.csv", [("L", 0, "failed", "None", 2e6, 1)])  # starts sending, ends unscored
     [d] = diff(read_report(local), read_report(chatty), 0.02)
-    assert d.regressions == ["seed(s) [0] did not finish", "no final accuracy", "bytes 0 -> 4.00 MB"]
+    assert d.regressions == ["seed(s) [0] did not finish", "no final accuracy for seed(s) [0]", "bytes 0 -> 4.00 MB"]
     fid = _csv(tmp_path / "fid.csv", [("A", 0, "finished", 100, 1e6, 1)], metric="fid", higher=False)
     with pytest.raises(ValueError, match="different metrics"):
         diff(read_report(old), read_report(fid), 0.02)
@@ -84,6 +84,25 @@ def test_missing_failed_new_and_heavier_methods(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "simulations.cli", "diff", str(tmp_path / "nope.csv"), str(old)],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "fedgen: no report at" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_unscored_or_failed_method_in_either_report_fails_the_gate_and_is_named(tmp_path):
+    """NaN compares false with everything: a NaN or empty score, or a failed run, in the baseline or in the new
+    report, is a regression of its own, named in the Markdown's row and in its summary line."""
+    scored = _csv(tmp_path / "scored.csv", [("A", 0, "finished", 0.8, 1e6, 1), ("B", 0, "finished", 0.8, 1e6, 1),
+                                            ("B", 1, "finished", 0.8, 1e6, 1), ("C", 0, "finished", 0.8, 1e6, 1)])
+    unscored = _csv(tmp_path / "unscored.csv", [("A", 0, "finished", "nan", 1e6, 1),
+                                                ("B", 0, "finished", 0.8, 1e6, 1), ("B", 1, "finished", "", 1e6, 1),
+                                                ("C", 0, "failed", 0.8, 1e6, 1), ("N", 0, "finished", "nan", 1e6, 1)])
+    for old, new, whose in ((scored, unscored, ""), (unscored, scored, "baseline: "), (unscored, unscored, None)):
+        passed, md = gate(old, new, tmp_path / "diff.md")
+        assert not passed and "regression(s): A, B, C, N." in md, md
+        rows = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines() if ln.startswith("| ")}
+        for w in ("", "baseline: ") if whose is None else (whose,):
+            assert f"{w}no final accuracy for seed(s) [0]" in rows["A"], rows["A"]
+            assert f"{w}no final accuracy for seed(s) [1]" in rows["B"]
+            assert f"{w}seed(s) [0] did not finish" in rows["C"]
+    assert "REGRESSED: no final accuracy for seed(s) [0]" in rows["N"]  # a new method, unscored
 
 
 def test_a_strategy_worsened_by_a_learning_rate_of_almost_zero_fails_the_gate(tiny_cfg, tmp_path):

@@ -128,6 +128,29 @@ def test_feddyn_keeps_client_state_and_fedprox_sends_mu(tiny_cfg, tmp_path):
     assert sent and all(m.content["config"]["proximal-mu"] == 0.3 for m in sent)
 
 
+def test_feddyn_sends_alpha_in_training_messages_only_and_leaves_the_shared_config_alone(tiny_cfg, tmp_path):
+    """The run passes one config record to configure_train and configure_evaluate: FedDyn's keys go into copies, so
+    the record is unchanged and evaluation messages do not carry them."""
+    from fedgen.wire import FEDDYN_ALPHA, FEDDYN_MEAN_EXAMPLES
+    from strategies.feddyn import FedDyn
+
+    grid = InProcessGrid(app, 2)
+    grid.partition = {n: k for k, n in enumerate(grid.get_node_ids())}.get
+    strategy = FedDyn(alpha=0.05, num_clients=2, param_keys={"w"}, mean_examples=10.0, fraction_train=1.0,
+                      min_train_nodes=2, min_available_nodes=2)
+    config = ConfigRecord({"experiment": "{}"})
+    sent = list(strategy.configure_train(1, ArrayRecord({"w": torch.zeros(2)}), config, grid))
+    assert dict(config) == {"experiment": "{}"}
+    assert len(sent) == 2 and all(m.content["config"][FEDDYN_ALPHA] == 0.05 for m in sent)
+    assert all(m.content["config"][FEDDYN_MEAN_EXAMPLES] == 10.0 for m in sent)
+
+    cfg = tiny_cfg(rounds=1, strategy={"name": "feddyn", "fraction_evaluate": 1.0})
+    grid = InProcessGrid(app, 3)
+    run_experiment(grid, cfg, tmp_path / "run")
+    evaluated = [m for m in grid.delivered if m.metadata.message_type == MessageType.EVALUATE]
+    assert len(evaluated) == 3 and not any(FEDDYN_ALPHA in m.content["config"] for m in evaluated)
+
+
 def test_query_answers_partition_and_counts_and_only_the_facts_asked(tiny_cfg):
     cfg = tiny_cfg()
     grid = InProcessGrid(app, 3)
@@ -148,11 +171,23 @@ def test_query_answers_partition_and_counts_and_only_the_facts_asked(tiny_cfg):
 
 
 def test_federated_evaluation_on_local_test_splits(tiny_cfg, tmp_path):
-    cfg = tiny_cfg(strategy={"fraction_evaluate": 1.0})
+    """Each client scores the round's global model on its own local test split: the last round's per-client
+    accuracies are those of the final model on each client's split (skewed partitions: they differ by client)."""
+    from fedgen.train import evaluate
+
+    cfg = tiny_cfg(data={"partition": {"kind": "dirichlet", "alpha": 0.3}}, strategy={"fraction_evaluate": 1.0})
     grid = InProcessGrid(app, 3)
     run_experiment(grid, cfg, tmp_path / "ev")
-    replies = [m for m in grid.delivered if m.metadata.message_type == MessageType.EVALUATE]
-    assert len(replies) == 3 * cfg.rounds
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "rounds.jsonl").read_text().splitlines()]
+    sent = [m for m in grid.delivered if m.metadata.message_type == MessageType.EVALUATE]
+    assert len(sent) == 3 * cfg.rounds
+    fed = load_federation(cfg.data, cfg.seed)
+    model = build_model(cfg.model.name, fed.num_classes, cfg.model.norm)
+    model.load_state_dict(torch.load(tmp_path / "ev" / "model.pt"))
+    own = [evaluate(model, fed.client(k)[1], cfg.train.eval_batch_size, torch.device("cpu"),
+                    len(fed.domain_names)).accuracy for k in range(3)]
+    assert [rows[-1][f"fedeval/acc-client-{k}"] for k in range(3)] == own
+    assert len(set(own)) == 3  # each split its own score: another client's split would not give it
 
 
 def test_a_client_that_cannot_start_stops_the_run_with_a_clear_message(tiny_cfg, tmp_path):

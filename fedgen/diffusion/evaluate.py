@@ -48,7 +48,7 @@ def reference_classifier(public: ImageSet, test: ImageSet, num_classes: int, cfg
         torch.manual_seed(0)
         model = SmallCNN(num_classes, "batch", size)
     if path.exists():
-        saved = torch.load(path, map_location="cpu")
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # a user-pointed cache: tensors and a float
         model.load_state_dict(saved["state"])
         return model.eval(), saved["test_accuracy"]
     log.info("training the reference classifier on the public split (%d images, %d epochs), cached in %s",

@@ -85,10 +85,16 @@ def _train(name: str, params, steps: int, lr: float, loss_fn, batches, progress:
 
 
 def prepare_embedded(cfg: EmbeddedConfig, cache_dir: str | Path, progress: bool = True) -> Path:
-    """Pre-train and save the embedded captioner and generator; returns their folder (reused when present)."""
+    """Pre-train and save the embedded captioner and generator; returns their folder (reused when present). The
+    training is seeded on a fork of torch's global RNG: the caller's random stream is the same, cache cold or warm."""
     out = profile_dir(cache_dir, cfg)
     if is_prepared(out):
         return out
+    with torch.random.fork_rng():
+        return _prepare(cfg, out, progress)
+
+
+def _prepare(cfg: EmbeddedConfig, out: Path, progress: bool) -> Path:
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)

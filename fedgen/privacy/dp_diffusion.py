@@ -39,6 +39,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedgen.compat.opacus import remove_hooks
 from fedgen.config import DpConfig
 from fedgen.diffusion import features as fd
 from fedgen.privacy import gdp
@@ -154,7 +155,7 @@ def _phase2(model: nn.Module, task: Denoising, p: Plan, dp: DpConfig, penalties:
     """Timesteps [0, S), class-conditional, DP-SGD through opacus (plain Adam when non-private). Returns the mean
     loss."""
     opt = torch.optim.Adam(model.parameters(), lr=dp.lr2)
-    private, k = p.sigma is not None, dp.noise_multiplicity
+    private = p.sigma is not None
     wrapped = model
     with warnings.catch_warnings():  # opacus' notes on its seeded RNG and on hooks of inputs without grad, and its
         # functorch path's on integer inputs (the class embedding's labels), which it takes for mixed precision
@@ -169,39 +170,47 @@ def _phase2(model: nn.Module, task: Denoising, p: Plan, dp: DpConfig, penalties:
                 module=model, optimizer=opt, data_loader=loader, noise_multiplier=p.sigma,
                 max_grad_norm=dp.max_grad_norm, poisson_sampling=False, noise_generator=noise_gen,
                 grad_sample_mode=task.grad_sample_mode)
-        params = [q for q in model.parameters() if q.requires_grad]
-        total = seen = 0.0
-        for _ in range(p.steps2):
-            idx = _poisson(task.n, p.q2, gen)
-            opt.zero_grad(set_to_none=True)
-            if not len(idx) and not private:
-                continue
-            if len(idx):
-                chunks = _chunks(task.draw(idx, k, 0, dp.split_step, True, gen), dp.physical_batch_size)
-            else:  # an empty Poisson batch: zero per-sample gradients, and still the noisy step
-                chunks = []
-                for param in params:
-                    param.grad_sample = torch.zeros((0, *param.shape), device=param.device)
-            for i, chunk in enumerate(chunks):
-                loss = task.loss(wrapped, _to(chunk, device))
-                total, seen = total + loss.item() * len(chunk[0]), seen + len(chunk[0])
-                if private:
-                    loss.backward()
-                    if task.draws_in_batch:
-                        _mean_over_draws(params, k)
-                    if i < len(chunks) - 1:  # clip and sum this chunk's per-sample gradients, free them
-                        opt.signal_skip_step(do_skip=True)
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
-                else:
-                    (loss * (len(chunk[0]) / len(idx))).backward()
-            # private: clipped, summed, noised and scaled by opacus first; then the weight-only terms, then Adam
-            if not private or opt.pre_step():
-                if penalties:
-                    _add_penalty_grads(model, penalties)
-                (opt.original_optimizer if private else opt).step()
-        if private:
-            wrapped._close()
+        try:
+            return _phase2_steps(model, wrapped, opt, task, p, dp, penalties, device, gen)
+        finally:  # opacus' hooks come off the caller's model even when a step fails
+            if private:
+                remove_hooks(wrapped)
+
+
+def _phase2_steps(model: nn.Module, wrapped: nn.Module, opt, task: Denoising, p: Plan, dp: DpConfig,
+                  penalties: Sequence[Penalty], device: torch.device, gen: torch.Generator) -> float:
+    private, k = p.sigma is not None, dp.noise_multiplicity
+    params = [q for q in model.parameters() if q.requires_grad]
+    total = seen = 0.0
+    for _ in range(p.steps2):
+        idx = _poisson(task.n, p.q2, gen)
+        opt.zero_grad(set_to_none=True)
+        if not len(idx) and not private:
+            continue
+        if len(idx):
+            chunks = _chunks(task.draw(idx, k, 0, dp.split_step, True, gen), dp.physical_batch_size)
+        else:  # an empty Poisson batch: zero per-sample gradients, and still the noisy step
+            chunks = []
+            for param in params:
+                param.grad_sample = torch.zeros((0, *param.shape), device=param.device)
+        for i, chunk in enumerate(chunks):
+            loss = task.loss(wrapped, _to(chunk, device))
+            total, seen = total + loss.item() * len(chunk[0]), seen + len(chunk[0])
+            if private:
+                loss.backward()
+                if task.draws_in_batch:
+                    _mean_over_draws(params, k)
+                if i < len(chunks) - 1:  # clip and sum this chunk's per-sample gradients, free them
+                    opt.signal_skip_step(do_skip=True)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+            else:
+                (loss * (len(chunk[0]) / len(idx))).backward()
+        # private: clipped, summed, noised and scaled by opacus first; then the weight-only terms, then Adam
+        if not private or opt.pre_step():
+            if penalties:
+                _add_penalty_grads(model, penalties)
+            (opt.original_optimizer if private else opt).step()
     return total / max(1, seen)
 
 

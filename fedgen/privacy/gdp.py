@@ -50,8 +50,14 @@ def mu_of(epsilon: float, delta: float) -> float:
 
 
 def phase1_mu(q: float, steps: int, dim: int, abar_s: float) -> float:
-    """Phase I's charge: the forward noise at t >= S on data in [-1, 1]^dim."""
-    return q * math.sqrt(steps * math.expm1(4 * dim * abar_s / (1 - abar_s)))
+    """Phase I's charge: the forward noise at t >= S on data in [-1, 1]^dim (infinite where exp overflows a float:
+    the noise left at S covers nothing)."""
+    if steps == 0:
+        return 0.0
+    try:
+        return q * math.sqrt(steps * math.expm1(4 * dim * abar_s / (1 - abar_s)))
+    except OverflowError:
+        return math.inf
 
 
 def phase2_mu(q: float, steps: int, sigma: float | None) -> float:
@@ -63,12 +69,18 @@ def phase2_mu(q: float, steps: int, sigma: float | None) -> float:
     return q * math.sqrt(steps * math.expm1(1 / sigma**2))
 
 
+def phase1_over(mu1: float, epsilon: float | None, delta: float) -> ValueError:
+    """The refusal of a phase I whose charge ``mu1`` alone exceeds the budget (None: an infinite charge, over any)."""
+    budget = "any budget" if epsilon is None else f"the budget {epsilon}"
+    return ValueError(f"phase I alone spends epsilon {epsilon_of(mu1, delta):.3g} (mu {mu1:.3g}), over {budget} at "
+                      f"delta {delta}: raise dp.split_step or train phase I for fewer epochs")
+
+
 def sigma_for(epsilon: float, delta: float, mu1: float, q2: float, steps2: int) -> float:
     """The noise multiplier whose phase II, beside a phase I of ``mu1``, spends exactly (epsilon, delta)."""
     mu = mu_of(epsilon, delta)
     if mu1 >= mu:
-        raise ValueError(f"phase I alone spends epsilon {epsilon_of(mu1, delta):.3g} (mu {mu1:.3g}), over the budget "
-                         f"{epsilon} at delta {delta}: raise dp.split_step or train phase I for fewer epochs")
+        raise phase1_over(mu1, epsilon, delta)
     mu2 = math.sqrt(mu**2 - mu1**2)
     return 1 / math.sqrt(math.log1p(mu2**2 / (q2**2 * steps2)))
 
@@ -96,13 +108,11 @@ class Spent:
 
     def opacus_epsilon(self, delta: float) -> float:
         """Phase II alone through opacus' RDP accountant (a cross-check: it does not know phase I)."""
-        from opacus.accountants import RDPAccountant
+        from fedgen.compat.opacus import rdp_accountant
 
         if not self.phase2:
             return 0.0
-        accountant = RDPAccountant()
-        accountant.history = list(self.phase2)
-        return float(accountant.get_epsilon(delta))
+        return float(rdp_accountant(self.phase2).get_epsilon(delta))
 
     def to_dict(self) -> dict:
         return {"mu1_sq": self.mu1_sq, "mu2_sq": self.mu2_sq, "phase2": [list(h) for h in self.phase2]}
