@@ -225,3 +225,59 @@ def test_the_readmes_separate_machines_table_is_what_deploy_up_starts():
         "node-k"))
     assert f"| server | `{server}` |" in readme
     assert f"then `{client}` |" in readme
+
+
+class _FakeFlwr:
+    """`flwr` as the deployment's SuperLink answers it: `run` starts run 7, `list` says 'running' ``polls`` times
+    (then ``then``: a final status, or None for a SuperLink that no longer answers), `stop` stops it."""
+
+    def __init__(self, polls: int, then: str | None):
+        self.polls, self.then, self.calls = polls, then, []
+
+    def __call__(self, folder, *args, timeout=120):
+        self.calls.append(args[:2])
+        out = ""
+        if args[0] == "run":
+            out = json.dumps({"run-id": 7})
+        elif args[0] == "list":
+            self.polls -= 1
+            status = "running" if self.polls >= 0 else self.then
+            out = json.dumps({"runs": [{"run-id": 7, "status": status}]}) if status else "Connection refused"
+        return subprocess.CompletedProcess(args, 0, out, "")
+
+
+def _clock(monkeypatch, step: float):
+    """time.monotonic advancing ``step`` seconds at every sleep: hours of polling in no time."""
+    now = [0.0]
+    monkeypatch.setattr(deploy.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(deploy.time, "sleep", lambda s: now.__setitem__(0, now[0] + step))
+
+
+def _no_logs(monkeypatch):
+    monkeypatch.setattr(deploy, "_bin", lambda name: "true")  # `flwr log --stream` stands in as `true`
+
+
+def test_a_deployed_run_has_no_deadline_and_a_dead_superlink_is_named(tmp_path, monkeypatch):
+    _no_logs(monkeypatch)
+    _clock(monkeypatch, 60.0)
+    fake = _FakeFlwr(polls=30, then="finished:completed")  # 30 minutes of 'running'
+    monkeypatch.setattr(deploy, "flwr", fake)
+    assert deploy.flwr_run(tmp_path, ROOT, {"config": "c.yaml"}, poll=60)["status"] == "finished:completed"
+    monkeypatch.setattr(deploy, "flwr", _FakeFlwr(polls=3, then=None))
+    with pytest.raises(deploy.SuperLinkGone, match="stopped answering during run 7"):
+        deploy.flwr_run(tmp_path, ROOT, {"config": "c.yaml"}, poll=60, patience=30)
+
+
+def test_ctrl_c_stops_the_run_on_the_superlink(tmp_path, monkeypatch):
+    _no_logs(monkeypatch)
+    fake = _FakeFlwr(polls=100, then="finished:completed")
+    monkeypatch.setattr(deploy, "flwr", fake)
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deploy.time, "sleep", interrupt)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        deploy.flwr_run(tmp_path, ROOT, {"config": "c.yaml"}, on_line=lines.append)
+    assert ("stop", "7") in fake.calls and lines == ["stopped run 7 on the SuperLink"]
