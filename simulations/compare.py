@@ -65,9 +65,10 @@ def compare(suite_path: str | Path, out_dir: str | Path, verbose: bool = False, 
             try:
                 if finished:
                     summary = json.loads((run_dir / "summary.json").read_text())
-                else:
-                    summary = run(cfg, run_dir, verbose=verbose, overwrite=overwrite,
-                                  resume=resume and (run_dir / CHECKPOINT).is_file())
+                else:  # with resume, a run that failed before its first checkpoint starts again
+                    restart = not (run_dir / CHECKPOINT).is_file()
+                    summary = run(cfg, run_dir, verbose=verbose, resume=resume and not restart,
+                                  overwrite=overwrite or (resume and restart))
             except Exception as err:  # noqa: BLE001 - one failing method must not lose the others
                 traceback.print_exc()
                 problems.append(f"{label} seed {seed}: failed: {err}")

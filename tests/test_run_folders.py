@@ -25,9 +25,10 @@ def _fake_run(calls):
     def run(cfg, run_dir, verbose=False, resume=False, overwrite=False):
         claim_run_folder(run_dir, resume, overwrite)
         calls.append((cfg.strategy.name, Path(run_dir).name, resume))
-        if cfg.strategy.name == "scaffold":
-            raise RuntimeError("the simulation broke")
         recorder = RunRecorder(run_dir, cfg, ByteLedger(), Headline("accuracy"), ("accuracy", "loss"))
+        if cfg.strategy.name == "scaffold":  # fails after writing its folder, before any checkpoint
+            recorder.finish("failed")
+            raise RuntimeError("the simulation broke")
         recorder.record_round(1, {"accuracy": ACCURACY[cfg.strategy.name], "loss": 1.0}, {})
         return recorder.finish("finished")
 
@@ -60,7 +61,7 @@ def test_compare_keeps_the_others_checks_chance_and_refuses_to_overwrite(suite, 
         compare.compare(suite, out)
     assert calls == [] and (out / "FedAvg" / "seed0" / "summary.json").read_bytes() == first
 
-    assert compare.compare(suite, out, resume=True) == 1  # finished runs kept, the failed ones tried again
+    assert compare.compare(suite, out, resume=True) == 1  # finished runs kept, the failed ones started again
     assert sorted(calls) == [("scaffold", "seed0", False), ("scaffold", "seed1", False)]
     assert (out / "FedAvg" / "seed0" / "summary.json").read_bytes() == first
 
