@@ -49,5 +49,4 @@ def train_unet(msg: Message, context: Context, architecture: Callable[[nn.Module
     plan = diffusion.private_plan(len(data), cfg, image_size(cfg, fed))
     after = dp_ledger.charge(msg, context, data, pid, rnd, cfg.dp, plan)
     result = diffusion.train_private(model, data, cfg, plan, device, seed, [*update.penalties, *penalties])
-    dp_ledger.save_spent(msg, context, data, after)
     return update.reply(result, dp_ledger.metrics(after, plan, cfg.dp))

@@ -53,7 +53,6 @@ def train(msg: Message, context: Context) -> Message:
     gen = torch.Generator().manual_seed(client_seed(cfg.seed, rnd, pid))
     losses = dp_diffusion.train_two_phase(model.diffusion, zn, y, plan, dp, scheduler, cfg.ldmlr.snr_gamma, device,
                                           gen)
-    dp_ledger.save_spent(msg, context, data, after)
     metrics = {TRAIN_LOSS: losses["dp/loss-phase2"], NUM_EXAMPLES: len(y), PARTITION_ID: pid,
                **dp_ledger.metrics(after, plan, dp)}
     if settings.upload == "weights":

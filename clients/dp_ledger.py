@@ -1,22 +1,27 @@
 """A client's privacy ledger, shared by the private roles (FedDDPM's feature denoiser, the diffusion task's U-Net):
-what the client has spent so far on its data, on its own disk, and the charge of a round, refused when it would
-exceed the client's budget.
+what the client has spent so far, on its own disk, and the charge of a round, refused when it would exceed the
+client's budget.
 
-The ledger belongs to the data, not to anything the server names: it is keyed by a fingerprint of the client's
-training examples (images and labels), so the same data under a renamed experiment, another seed of the same
-partition or another strategy keeps spending one budget. The budget is the smaller of the server's request
-(``dp.epsilon``) and the node's own cap: the node config's 'dp-epsilon-max' (a SuperNode's ``--node-config``), or in
-simulation the client processes' environment variable ``FEDGEN_DP_EPSILON_MAX``; a server cannot raise it.
-
-The ledger lives in the node config's 'state-dir' when the SuperNode sets one (it outlives runs), else in the folder
-the server names for the run (simulation: the run folder's client_state), else in the node's context.
+The ledger belongs to the client, not to anything the server names:
+- a node with a 'state-dir' in its node config (a SuperNode; `fedgen deploy up` gives every node one) keeps one
+  ledger there, ``dp-spent-node.json``, which every private round on that node charges, whatever the experiment,
+  its name, seed or partitioning: the node's data is the node's;
+- without one (simulation), the ledger lives in the folder the server names for the run (the run folder's
+  client_state: a simulated federation is its run's), keyed by a fingerprint of the client's training examples.
+The budget is the smaller of the server's request (``dp.epsilon``) and the node's own cap: the node config's
+'dp-epsilon-max' (which needs a state-dir: a cap on a ledger the server could move would be no cap), or in simulation
+the client processes' environment variable ``FEDGEN_DP_EPSILON_MAX``; a server cannot raise it. A round is charged
+before it trains, under a file lock, so two runs on one node cannot both spend the same remainder.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+from contextlib import contextmanager
+from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message
 
@@ -29,6 +34,8 @@ from fedgen.results import write_atomic
 from fedgen.wire import DP_EPSILON, DP_EPSILON_OPACUS, DP_SIGMA
 
 LEDGER = "dp-spent"
+NODE_LEDGER = f"{LEDGER}-node"
+"""The one ledger of a node that keeps a state-dir."""
 NODE_CAP = "dp-epsilon-max"
 """The node config key of a node's own epsilon cap."""
 NODE_CAP_ENV = "FEDGEN_DP_EPSILON_MAX"
@@ -40,14 +47,10 @@ class BudgetExhausted(RuntimeError):
 
 
 def fingerprint(data: ImageSet) -> str:
-    """What identifies the client's data: a hash of its training images and labels."""
+    """What identifies a simulated client's data: a hash of its training images and labels."""
     digest = hashlib.sha256(data.labels.tobytes())
     digest.update(data.images.tobytes())
     return digest.hexdigest()[:16]
-
-
-def _key(data: ImageSet) -> str:
-    return f"{LEDGER}-{fingerprint(data)}"
 
 
 def node_cap(context: Context) -> float | None:
@@ -61,44 +64,70 @@ def node_cap(context: Context) -> float | None:
         raise ValueError(f"the node's {NODE_CAP}={value!r} is not a number") from None
 
 
-def load_spent(msg: Message, context: Context, data: ImageSet) -> gdp.Spent:
-    folder = client_state.state_folder(msg, context)
+def _where(msg: Message, context: Context, data: ImageSet) -> tuple[Path | None, str]:
+    """The ledger's folder (None: the node's context) and name."""
+    if context.node_config.get("state-dir"):
+        return Path(str(context.node_config["state-dir"])), NODE_LEDGER
+    if NODE_CAP in context.node_config:
+        raise BudgetExhausted(f"the node caps its privacy ({NODE_CAP}) but keeps no state-dir: its ledger would live "
+                              "where the server says; give the node a state-dir in its node config")
+    return client_state.state_folder(msg, context), f"{LEDGER}-{fingerprint(data)}"
+
+
+@contextmanager
+def _locked(folder: Path | None, name: str):
     if folder is None:
-        text = context.state.config_records.get(LEDGER, ConfigRecord()).get(_key(data))
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _load(context: Context, folder: Path | None, name: str) -> gdp.Spent:
+    if folder is None:
+        text = context.state.config_records.get(LEDGER, ConfigRecord()).get(name)
     else:
-        path = folder / f"{_key(data)}.json"
+        path = folder / f"{name}.json"
         text = path.read_text() if path.exists() else None
     return gdp.Spent.from_dict(json.loads(text)) if text else gdp.Spent()
 
 
-def save_spent(msg: Message, context: Context, data: ImageSet, spent: gdp.Spent) -> None:
+def _save(context: Context, folder: Path | None, name: str, spent: gdp.Spent) -> None:
     text = json.dumps(spent.to_dict())
-    folder = client_state.state_folder(msg, context)
     if folder is None:
         record = context.state.config_records.get(LEDGER, ConfigRecord())
-        record[_key(data)] = text
+        record[name] = text
         context.state.config_records[LEDGER] = record
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / f"{_key(data)}.json", text)
+    else:
+        write_atomic(folder / f"{name}.json", text)
+
+
+def load_spent(msg: Message, context: Context, data: ImageSet) -> gdp.Spent:
+    return _load(context, *_where(msg, context, data))
 
 
 def charge(msg: Message, context: Context, data: ImageSet, pid: int, rnd: int, dp: DpConfig,
            plan: Plan) -> gdp.Spent:
-    """The spending after this round's ``plan``; raises :class:`BudgetExhausted` (before any training) when that is
-    over the smaller of the server's ``dp.epsilon`` and the node's own cap. Save it with :func:`save_spent` once the
-    round has trained."""
-    spent = load_spent(msg, context, data)
-    after = spent.plus(plan.mu1, plan.mu2, plan.sigma, plan.q2, plan.steps2) if dp.private else spent
-    caps = {f"the budget dp.epsilon={dp.epsilon}": dp.epsilon, f"the node's own cap {NODE_CAP}={node_cap(context)}":
-            node_cap(context)}
-    limits = {name: cap for name, cap in caps.items() if cap is not None}
-    if limits:
-        name, cap = min(limits.items(), key=lambda item: item[1])
-        if after.epsilon(dp.delta) > cap * (1 + 1e-9):
-            raise BudgetExhausted(
-                f"client {pid}: round {rnd} would bring its epsilon from {spent.epsilon(dp.delta):.4g} to "
-                f"{after.epsilon(dp.delta):.4g}, over {name} (delta {dp.delta}): it does not train")
+    """Charge this round's ``plan`` to the ledger, before any training, and return the spending after it; raises
+    :class:`BudgetExhausted` (charging nothing) when that is over the smaller of the server's ``dp.epsilon`` and the
+    node's own cap."""
+    folder, name = _where(msg, context, data)
+    with _locked(folder, name):
+        spent = _load(context, folder, name)
+        after = spent.plus(plan.mu1, plan.mu2, plan.sigma, plan.q2, plan.steps2) if dp.private else spent
+        limits = {f"the budget dp.epsilon={dp.epsilon}": dp.epsilon,
+                  f"the node's own cap {NODE_CAP}={node_cap(context)}": node_cap(context)}
+        limits = {what: cap for what, cap in limits.items() if cap is not None}
+        if limits:
+            what, cap = min(limits.items(), key=lambda item: item[1])
+            if after.epsilon(dp.delta) > cap * (1 + 1e-9):
+                raise BudgetExhausted(
+                    f"client {pid}: round {rnd} would bring its epsilon from {spent.epsilon(dp.delta):.4g} to "
+                    f"{after.epsilon(dp.delta):.4g}, over {what} (delta {dp.delta}): it does not train")
+        if dp.private:
+            _save(context, folder, name, after)
     return after
 
 

@@ -104,18 +104,30 @@ def replace_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        tmp.chmod(0o666 & ~_umask())  # mkstemp's 0600 would hide results from the folder's other readers
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:  # the rename itself, on disk
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | Path, text: str) -> None:
     replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
-RUN_FILES = ("config.yaml", "rounds.jsonl", "summary.json", "checkpoint.pt", "client_state")
-"""What makes a folder a run folder: any of these."""
+RUN_FILES = ("rounds.jsonl", "summary.json", "checkpoint.pt")
+"""What makes a folder a run folder: any of these (a run writes its rounds and summary before any other work)."""
 
 
 class RunFolderTaken(ConfigError):
@@ -140,9 +152,10 @@ def claim_run_folder(folder: str | Path, resume: bool = False, overwrite: bool =
     """Make ``folder`` ready for a run, or refuse before any work.
 
     A fresh run takes an empty or new folder; one that holds a run (any of :data:`RUN_FILES`) is refused, naming the
-    ways on, unless ``overwrite`` (then the whole folder is removed first). ``resume`` needs the run's checkpoint.
+    ways on, unless ``overwrite`` (then the whole folder is removed first: never the working directory or one above
+    it). ``resume`` needs the run's checkpoint.
     """
-    folder = Path(folder)
+    folder = Path(folder).resolve()
     if resume:
         if not (folder / "checkpoint.pt").is_file():
             raise ConfigError(f"{folder}: nothing to resume (no checkpoint.pt: not a run folder, or no round ended)")
@@ -150,6 +163,9 @@ def claim_run_folder(folder: str | Path, resume: bool = False, overwrite: bool =
     if not holds_run(folder):
         return
     if overwrite:
+        if folder == Path.cwd() or folder in Path.cwd().parents:
+            raise ConfigError(f"--overwrite would remove {folder}, which holds the working directory: give the run "
+                              "folder itself")
         shutil.rmtree(folder)
         return
     raise RunFolderTaken(f"{folder} holds a run already ({describe_run(folder)}); continue it with "

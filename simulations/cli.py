@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--insecure", action="store_true", help="no TLS, no node authentication")
     u.add_argument("--certs", help="folder with ca.crt, server.pem, server.key (default: make throwaway ones)")
     u.add_argument("--dir", default=DEPLOY_DIR)
-    u.add_argument("--state-dir", help="each node keeps its state (privacy ledger included) in STATE_DIR/node-<k>")
+    u.add_argument("--state-dir", help="each node keeps its state (privacy ledger included) in STATE_DIR/node-<k> "
+                   "(default: DIR/state)")
     u.add_argument("--dp-epsilon-max", type=float, help="each node's own privacy cap (node config dp-epsilon-max)")
     dr = dep.add_parser("run", help="run an experiment on the deployment (flwr run), wait and check its status")
     dr.add_argument("config", nargs="?")
@@ -180,8 +181,8 @@ def _deploy_run(args: argparse.Namespace) -> int:
     try:
         run = deploy.flwr_run(args.dir, APP_ROOT, run_config, on_line=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
-        print(f"interrupted: the run was stopped; {out} keeps its finished rounds. Continue it with "
-              f"`fedgen deploy run --resume {out}`", file=sys.stderr)
+        print(f"interrupted: {out} keeps its finished rounds (see above whether the run was stopped on the "
+              f"SuperLink). Continue it with `fedgen deploy run --resume {out}`", file=sys.stderr)
         return 130
     except deploy.SuperLinkGone as err:
         print(f"fedgen: {err}: it is gone (see {Path(args.dir) / 'superlink.log'}). {_where(out)} Start a "

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedgen.checkpoint import CHECKPOINT
-from fedgen.config import load_suite
+from fedgen.config import dump_yaml, load_suite
 from fedgen.data import load_federation
 from fedgen.regress import BYTES_TOLERANCE, TOLERANCE, gate, read_report
 from fedgen.report import write_report
@@ -48,8 +48,13 @@ def compare(suite_path: str | Path, out_dir: str | Path, verbose: bool = False, 
     for label, by_seed in configs.items():  # every run is validated before the first one starts
         for seed, cfg in by_seed.items():
             check_runnable(cfg)
-            if holds_run(out_dir / label / f"seed{seed}"):
-                taken.append(f"{out_dir / label / f'seed{seed}'} ({describe_run(out_dir / label / f'seed{seed}')})")
+            run_dir = out_dir / label / f"seed{seed}"
+            if holds_run(run_dir):
+                taken.append(f"{run_dir} ({describe_run(run_dir)})")
+                stored = run_dir / "config.yaml"
+                if resume and stored.is_file() and stored.read_text() != dump_yaml(cfg):
+                    raise RunFolderTaken(f"--resume: {run_dir} was run with other settings than the suite now gives "
+                                         f"(its config.yaml): resume with the same settings, or --overwrite")
     if taken and not (resume or overwrite):
         raise RunFolderTaken("these run folders hold runs already:\n  " + "\n  ".join(taken) + "\ncontinue "
                              "them with --resume (finished runs are kept), replace them with --overwrite, or choose "

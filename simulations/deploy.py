@@ -165,14 +165,13 @@ def supernode_command(superlink: str, node_config: str, ca: str | Path | None, k
 
 
 def start_supernode(folder: str | Path, partition: int, num_partitions: int, key: Path | None = None) -> int:
-    """Start one SuperNode for ``partition`` against the recorded SuperLink; its PID joins the record. With the
-    deployment's ``state_root``, the node keeps its state (its privacy ledger included) in ``state_root/node-<k>``;
-    with ``dp_epsilon_max``, it caps its own privacy spending."""
+    """Start one SuperNode for ``partition`` against the recorded SuperLink; its PID joins the record. The node
+    keeps its state (its privacy ledger included) in the deployment's ``state_root/node-<k>``; with
+    ``dp_epsilon_max``, it caps its own privacy spending."""
     folder = Path(folder).resolve()
     state = load_state(folder)
-    node_config = f"partition-id={partition} num-partitions={num_partitions}"
-    if state.get("state_root"):
-        node_config += f" state-dir={json.dumps(str(Path(state['state_root']) / f'node-{partition}'))}"
+    node_config = (f"partition-id={partition} num-partitions={num_partitions} "
+                   f"state-dir={json.dumps(str(Path(state['state_root']) / f'node-{partition}'))}")
     if state.get("dp_epsilon_max") is not None:
         node_config += f" dp-epsilon-max={float(state['dp_epsilon_max'])}"
     cmd = supernode_command(f"{HOST}:{state['port']}", node_config, state["ca"] if state["secure"] else None, key,
@@ -186,7 +185,8 @@ def start_supernode(folder: str | Path, partition: int, num_partitions: int, key
 def up(folder: str | Path, nodes: int, secure: bool = True, certs: str | Path | None = None,
        state_root: str | Path | None = None, dp_epsilon_max: float | None = None) -> dict:
     """Start a SuperLink and ``nodes`` SuperNodes (partition i on node i); returns the recorded state. ``state_root``
-    and ``dp_epsilon_max``: each node's own state folder (under it) and privacy cap (:func:`start_supernode`)."""
+    (default ``folder/state``) and ``dp_epsilon_max``: each node's own state folder (under it) and privacy cap
+    (:func:`start_supernode`)."""
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / STATE_FILE).exists() and load_state(folder)["pids"]:
@@ -195,7 +195,7 @@ def up(folder: str | Path, nodes: int, secure: bool = True, certs: str | Path | 
     home = folder / "flwr-home"
     home.mkdir(exist_ok=True)
     state = {"port": port, "secure": secure, "pids": [], "nodes": nodes, "dp_epsilon_max": dp_epsilon_max,
-             "state_root": str(Path(state_root).resolve()) if state_root else None}
+             "state_root": str(Path(state_root or folder / "state").resolve())}
     connection = [
         f'[superlink]\ndefault = "{CONNECTION}"\n', f"[superlink.{CONNECTION}]", f'address = "{HOST}:{port}"'
     ]
@@ -258,12 +258,12 @@ def run_config_file(folder: str | Path, values: dict[str, str | bool]) -> Path:
     return path
 
 
-def _status(folder: Path, run_id: int) -> dict | None:
+def _status(folder: Path, run_id: int, timeout: float) -> dict | None:
     """The run's record from `flwr list`; None when the SuperLink does not answer."""
-    listed = flwr(folder, "list", "--run-id", str(run_id), "--format", "json")
     try:
+        listed = flwr(folder, "list", "--run-id", str(run_id), "--format", "json", timeout=timeout)
         return json.loads(listed.stdout)["runs"][0]
-    except (ValueError, KeyError, IndexError):
+    except (subprocess.TimeoutExpired, ValueError, KeyError, IndexError):
         return None
 
 
@@ -289,7 +289,7 @@ def flwr_run(folder: str | Path, app_dir: str | Path, run_config: dict[str, str 
     try:
         silent_since = None
         while True:
-            run = _status(folder, run_id)
+            run = _status(folder, run_id, timeout=min(patience, 30))
             if run is not None and run["status"].startswith("finished"):
                 return run
             if run is None:

@@ -184,6 +184,11 @@ def upload_figures(ledger: ByteLedger, model_bytes: int, num_clients: int) -> di
             "upload_per_client_pct_of_model": 100.0 * mean / model_bytes}
 
 
+def _flag(value) -> bool:
+    """A run config boolean (TOML's, or a string typed by hand)."""
+    return value is True or str(value).lower() in ("true", "1", "yes")
+
+
 def run_overrides(text: str) -> list[str]:
     """The run config's ``set``: a JSON list of key=value overrides (what ``fedgen deploy run`` sends: any YAML
     value survives, quotes and braces included), or, typed by hand, space-separated shell words."""
@@ -216,8 +221,8 @@ def main(grid: Grid, context: Context) -> None:
         path = APP_ROOT / path
     cfg = load_config(path, run_overrides(str(rc.get("set", ""))))
     out = Path(str(rc.get("out", "")) or default_out_dir(cfg)).resolve()  # relative to where the SuperLink started
-    resume = bool(rc.get("resume", False))
-    claim_run_folder(out, resume, overwrite=bool(rc.get("overwrite", False)))
+    resume = _flag(rc.get("resume", False))
+    claim_run_folder(out, resume, overwrite=_flag(rc.get("overwrite", False)))
     print(f"[{cfg.strategy.name} seed={cfg.seed}] run folder {out}", flush=True)
     summary = run_experiment(grid, cfg, out, resume=resume)
     print(f"[{cfg.strategy.name} seed={cfg.seed}] run finished: {out}", flush=True)

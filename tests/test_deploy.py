@@ -188,6 +188,7 @@ def test_fedgen_deploy_run_keeps_the_nodes_budget_and_results_and_names_a_dead_s
         rows = tmp_path / "run3" / "rounds.jsonl"
         while time.monotonic() < deadline and not (rows.exists() and len(rows.read_text().splitlines()) >= 2):
             time.sleep(0.5)
+        assert len(rows.read_text().splitlines()) >= 2, "round 1 never finished"
         os.kill(state["pids"][0], signal.SIGKILL)  # the SuperLink
         out, err = plain.communicate(timeout=180)
         assert plain.returncode == 1, out[-2000:] + err[-2000:]

@@ -207,8 +207,12 @@ def test_pseudo_feature_upload_carries_generated_features_only(tiny_cfg, tmp_pat
 
 
 def _ledger(cfg, pid):
-    """The file name of client ``pid``'s privacy ledger: a fingerprint of its data, nothing the server names."""
+    """The file name of simulated client ``pid``'s privacy ledger: a fingerprint of its data, nothing the server
+    names (a node with a state-dir keeps one ledger, whatever the data: dp_ledger.NODE_LEDGER)."""
     return f"dp-spent-{dp_ledger.fingerprint(load_federation(cfg.data, cfg.seed).client(pid)[0])}.json"
+
+
+NODE = f"{dp_ledger.NODE_LEDGER}.json"
 
 
 def _node(grid, pid):
@@ -221,7 +225,7 @@ def test_a_client_over_its_budget_refuses_and_the_run_goes_on(tiny_cfg, tmp_path
     cfg = _cfg(tiny_cfg, {"epsilon": 5.0}, min_train_clients=1)
     state = tmp_path / "node0"
     state.mkdir()
-    (state / _ledger(cfg, 0)).write_text(json.dumps(gdp.Spent(mu1_sq=4.0).to_dict()))
+    (state / NODE).write_text(json.dumps(gdp.Spent(mu1_sq=4.0).to_dict()))
     grid = InProcessGrid(app, 3)
     _node(grid, 0).node_config["state-dir"] = str(state)
     summary = run_experiment(grid, cfg, tmp_path / "run")
@@ -232,17 +236,17 @@ def test_a_client_over_its_budget_refuses_and_the_run_goes_on(tiny_cfg, tmp_path
                and "it does not train" in f["reason"] for f in failures)
     rows = _rows(tmp_path / "run")
     assert "train/fedddpm/epsilon-client0" not in rows[2] and rows[2]["train/fedddpm/epsilon-client1"] <= 5.0 + 1e-9
-    spent = gdp.Spent.from_dict(json.loads((state / _ledger(cfg, 0)).read_text()))
+    spent = gdp.Spent.from_dict(json.loads((state / NODE).read_text()))
     assert spent.mu1_sq == 4.0 and not spent.phase2  # a refusal spends nothing
     assert (tmp_path / "run" / "client_state" / _ledger(cfg, 1)).exists()  # a simulated client's, in the run
 
 
 def test_the_budget_is_the_clients_a_renamed_experiment_continues_and_a_greedier_server_is_refused(tiny_cfg,
                                                                                                      tmp_path):
-    """Each node keeps its ledger in its own state-dir. A first run spends; the same data under another experiment
-    name continues that spending (the ledger is keyed by the data, not by a name the server sends). A server that
-    raises dp.epsilon past the nodes' own cap (node config dp-epsilon-max) is refused by every client, and the run
-    stops naming the cap."""
+    """Each node keeps its ledger in its own state-dir. A first run spends; another experiment name and seed (so
+    another partition) on the same nodes continues that spending (the node's ledger, not one a name or a seed the
+    server sends picks). A server that raises dp.epsilon past the nodes' own cap (node config dp-epsilon-max) is
+    refused by every client, and the run stops naming the cap; a cap without a state-dir is refused too."""
     cfg = _cfg(tiny_cfg, {"epsilon": 5.0}, min_train_clients=1)
     states = [tmp_path / f"node{k}" for k in range(3)]
 
@@ -253,18 +257,23 @@ def test_the_budget_is_the_clients_a_renamed_experiment_continues_and_a_greedier
         return g
 
     run_experiment(grid(), cfg, tmp_path / "first")
-    first = gdp.Spent.from_dict(json.loads((states[1] / _ledger(cfg, 1)).read_text())).epsilon(cfg.dp.delta)
+    first = gdp.Spent.from_dict(json.loads((states[1] / NODE).read_text())).epsilon(cfg.dp.delta)
     assert 0 < first <= 5.0 + 1e-9
-    renamed = cfg.model_copy(update={"name": "renamed"})
+    renamed = cfg.model_copy(update={"name": "renamed", "seed": 5})
     with pytest.raises(Exception, match=r"client 1: round 1 would bring its epsilon from 5 .* over the budget"):
         run_experiment(grid(), renamed, tmp_path / "renamed")  # every client refuses: the first run spent it all
-    assert sorted(p.name for p in states[1].glob("dp-spent-*.json")) == [_ledger(cfg, 1)]
+    assert sorted(p.name for p in states[1].glob("dp-spent-*.json")) == [NODE]
 
     greedy = _cfg(tiny_cfg, {"epsilon": 20.0}, min_train_clients=1).model_copy(update={"name": "greedy"})
     with pytest.raises(Exception, match=r"over the node's own cap dp-epsilon-max=6.0"):
         run_experiment(grid(cap="6"), greedy, tmp_path / "greedy")
-    after = gdp.Spent.from_dict(json.loads((states[1] / _ledger(cfg, 1)).read_text())).epsilon(cfg.dp.delta)
-    assert after <= 6.0 + 1e-9
+    after = gdp.Spent.from_dict(json.loads((states[1] / NODE).read_text())).epsilon(cfg.dp.delta)
+    assert after == first  # refusals charge nothing
+    capped = InProcessGrid(app, 3)
+    for k in range(3):
+        _node(capped, k).node_config["dp-epsilon-max"] = "6"
+    with pytest.raises(Exception, match=r"caps its privacy \(dp-epsilon-max\) but keeps no state-dir"):
+        run_experiment(capped, cfg, tmp_path / "no-state-dir")
 
 
 def test_bad_private_configs_fail_before_any_work(tiny_cfg, tmp_path):

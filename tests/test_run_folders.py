@@ -65,6 +65,9 @@ def test_compare_keeps_the_others_checks_chance_and_refuses_to_overwrite(suite, 
     assert sorted(calls) == [("scaffold", "seed0", False), ("scaffold", "seed1", False)]
     assert (out / "FedAvg" / "seed0" / "summary.json").read_bytes() == first
 
+    with pytest.raises(RunFolderTaken, match=r"--resume: .*FedAvg/seed0 was run with other settings"):
+        compare.compare(suite, out, resume=True, overrides=["rounds=3"])
+
     calls.clear()
     assert compare.compare(suite, out, overwrite=True) == 1
     assert len(calls) == 6
@@ -102,17 +105,26 @@ def test_fedgen_run_refuses_a_folder_holding_a_run_before_any_work(tmp_path, cap
     assert "config file not found" in capsys.readouterr().err
 
 
-def test_claiming_a_folder(tmp_path):
+def test_claiming_a_folder(tmp_path, monkeypatch):
     claim_run_folder(tmp_path / "new")  # new or empty: fine
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("not a run")
     claim_run_folder(tmp_path / "other")
+    (tmp_path / "other" / "config.yaml").write_text("a config of the user's, not a run")
+    claim_run_folder(tmp_path / "other")
     run_dir = tmp_path / "run"
-    (run_dir / "client_state").mkdir(parents=True)  # even a run that wrote only its clients' state
+    run_dir.mkdir()
+    (run_dir / "rounds.jsonl").write_text("")  # a run that ended before its first round
     with pytest.raises(ConfigError, match="holds a run already"):
         claim_run_folder(run_dir)
-    claim_run_folder(run_dir, overwrite=True)
+    (tmp_path / "latest").symlink_to(run_dir)
+    claim_run_folder(tmp_path / "latest", overwrite=True)  # through a link: the run folder itself goes
     assert not run_dir.exists()
+    (tmp_path / "summary.json").write_text("{}")
+    monkeypatch.chdir(run_dir.parent / "other")
+    with pytest.raises(ConfigError, match="holds the working directory"):
+        claim_run_folder(tmp_path, overwrite=True)
+    assert (tmp_path / "other" / "notes.txt").exists()
     with pytest.raises(ConfigError, match="nothing to resume"):
         claim_run_folder(tmp_path / "other", resume=True)
 
@@ -131,4 +143,7 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_pat
     synced = []
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
     write_atomic(path, "new")
-    assert path.read_text() == "new" and len(synced) == 1  # synced before the rename
+    assert path.read_text() == "new" and len(synced) == 2  # the file before the rename, then the folder
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as any file the user writes, not mkstemp's 0600
