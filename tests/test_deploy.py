@@ -159,6 +159,7 @@ def test_fedgen_deploy_run_keeps_the_nodes_budget_and_results_and_names_a_dead_s
     config.write_text(dump_yaml(cfg).replace("num_clients: 3", "num_clients: 2"))
     folder = tmp_path / "deploy"
     state = deploy.up(folder, nodes=2, secure=False, state_root=tmp_path / "nodes", dp_epsilon_max=4)
+    orphans: list[int] = []
     try:
         name = """it's "quoted" {braced}"""
         first = _fedgen("deploy", "run", str(config), "--set", f"name={json.dumps(name)}", "--out", "run1",
@@ -189,6 +190,7 @@ def test_fedgen_deploy_run_keeps_the_nodes_budget_and_results_and_names_a_dead_s
         while time.monotonic() < deadline and not (rows.exists() and len(rows.read_text().splitlines()) >= 2):
             time.sleep(0.5)
         assert len(rows.read_text().splitlines()) >= 2, "round 1 never finished"
+        orphans += procs.descendants({state["pids"][0]})  # its ServerApp outlives it: stopped below, by PID
         os.kill(state["pids"][0], signal.SIGKILL)  # the SuperLink
         out, err = plain.communicate(timeout=180)
         assert plain.returncode == 1, out[-2000:] + err[-2000:]
@@ -196,6 +198,7 @@ def test_fedgen_deploy_run_keeps_the_nodes_budget_and_results_and_names_a_dead_s
         assert f"{tmp_path / 'run3'} holds rounds up to" in err and "fedgen deploy run --resume" in err
     finally:
         stopped, left = deploy.down(folder)
+        left += procs.stop(sorted(orphans), grace=5)[1]
     assert left == []
 
 
