@@ -2,7 +2,7 @@
 
 Public and used directly elsewhere: ``flwr.app``, ``flwr.serverapp`` (``Grid``, ``ServerApp``),
 ``flwr.serverapp.strategy`` (the strategy classes), ``flwr.clientapp`` and ``flwr.simulation``. Everything else of
-Flower's that fedgen needs is imported or reached here, and :data:`SYMBOLS` lists it for the upgrade test.
+Flower's that fedgen needs is imported or reached here; ``tests/test_compat.py`` exercises each through this module.
 """
 
 from __future__ import annotations
