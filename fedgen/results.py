@@ -138,13 +138,20 @@ def holds_run(folder: str | Path) -> bool:
     return any((Path(folder) / name).exists() for name in RUN_FILES)
 
 
+def read_summary(folder: str | Path) -> dict[str, Any] | None:
+    """The run's summary.json, or None where there is none that reads."""
+    try:
+        return json.loads((Path(folder) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def describe_run(folder: str | Path) -> str:
     """'status, N rounds' of the run in ``folder``, from its summary."""
-    path = Path(folder) / "summary.json"
+    summary = read_summary(folder)
     try:
-        summary = json.loads(path.read_text())
         return f"{summary['status']}, {summary['rounds']} rounds"
-    except (OSError, ValueError, KeyError):
+    except (TypeError, KeyError):
         return "no readable summary"
 
 

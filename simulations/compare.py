@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -15,7 +14,7 @@ from fedgen.config import dump_yaml, load_suite
 from fedgen.data import load_federation
 from fedgen.regress import BYTES_TOLERANCE, TOLERANCE, gate, read_report
 from fedgen.report import write_report
-from fedgen.results import RunFolderTaken, describe_run, holds_run
+from fedgen.results import RunFolderTaken, describe_run, holds_run, read_summary
 from simulations.runner import check_runnable, run
 
 
@@ -65,11 +64,12 @@ def compare(suite_path: str | Path, out_dir: str | Path, verbose: bool = False, 
     for label, by_seed in configs.items():
         for seed, cfg in by_seed.items():
             run_dir = out_dir / label / f"seed{seed}"
-            finished = resume and describe_run(run_dir).startswith("finished")
+            kept = read_summary(run_dir) if resume else None
+            finished = kept is not None and kept.get("status") == "finished"
             print(f"== {suite.name}: {label}, seed {seed} -> {run_dir}{' (finished: kept)' * finished}", flush=True)
             try:
                 if finished:
-                    summary = json.loads((run_dir / "summary.json").read_text())
+                    summary = kept
                 else:  # with resume, a run that failed before its first checkpoint starts again
                     restart = not (run_dir / CHECKPOINT).is_file()
                     summary = run(cfg, run_dir, verbose=verbose, resume=resume and not restart,
