@@ -158,20 +158,9 @@ def _deploy_run(args: argparse.Namespace) -> int:
 
     from fedgen.results import claim_run_folder
     from simulations import deploy
-    from simulations.server_app import APP_ROOT, default_out_dir
+    from simulations.server_app import APP_ROOT
 
-    if args.resume:
-        if args.config or args.overrides or args.out or args.overwrite:
-            raise ConfigError("--resume DIR takes the run's own config.yaml: give no CONFIG, --set, --out or "
-                              "--overwrite")
-        config, out = Path(args.resume, "config.yaml").resolve(), Path(args.resume).resolve()
-        cfg = load_config(config)
-    elif args.config:
-        config = Path(args.config).resolve()
-        cfg = load_config(config, args.overrides)  # fail here, before anything is sent
-        out = Path(args.out or default_out_dir(cfg)).resolve()
-    else:
-        raise ConfigError("fedgen deploy run needs a CONFIG.yaml or --resume DIR")
+    config, cfg, out = _run_target(args, "fedgen deploy run")  # fails here, before anything is sent
     state = deploy.load_state(args.dir)
     if cfg.data.num_clients != state["nodes"]:
         raise ConfigError(f"data.num_clients={cfg.data.num_clients} but the deployment has {state['nodes']} nodes")
@@ -191,6 +180,24 @@ def _deploy_run(args: argparse.Namespace) -> int:
         return 1
     print(f"run {run['run-id']}: {run['status']} {run.get('status-details', '')}; results in {out}")
     return 0 if run["status"] == "finished:completed" else 1
+
+
+def _run_target(args: argparse.Namespace, command: str):
+    """(the config's path, the validated config, the run folder) of `fedgen run` / `fedgen deploy run`: a new run's
+    CONFIG, --set and --out, or the run in --resume DIR with its own config.yaml; paths absolute."""
+    from simulations.server_app import default_out_dir
+
+    if args.resume:
+        if args.config or args.overrides or args.out or args.overwrite:
+            raise ConfigError("--resume DIR takes the run's own config.yaml: give no CONFIG, --set, --out or "
+                              "--overwrite")
+        config = Path(args.resume, "config.yaml").resolve()
+        return config, load_config(config), Path(args.resume).resolve()
+    if not args.config:
+        raise ConfigError(f"{command} needs a CONFIG.yaml or --resume DIR")
+    config = Path(args.config).resolve()
+    cfg = load_config(config, args.overrides)
+    return config, cfg, Path(args.out or default_out_dir(cfg)).resolve()
 
 
 def _where(out: Path) -> str:
@@ -225,18 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             from simulations.runner import run
-            from simulations.server_app import default_out_dir
 
-            if args.resume:
-                if args.config or args.overrides or args.out or args.overwrite:
-                    raise ConfigError("--resume DIR takes the run's own config.yaml: give no CONFIG, --set, --out "
-                                      "or --overwrite")
-                cfg, out = load_config(Path(args.resume) / "config.yaml"), args.resume
-            elif args.config:
-                cfg = load_config(args.config, args.overrides)
-                out = args.out or default_out_dir(cfg)
-            else:
-                raise ConfigError("fedgen run needs a CONFIG.yaml or --resume DIR")
+            _, cfg, out = _run_target(args, "fedgen run")
             summary = run(cfg, out, verbose=args.verbose, resume=bool(args.resume), overwrite=args.overwrite)
             print(f"final {summary['metric']['name']} {summary['final']:.4f}; results in {out}")
         elif args.command == "compare":
