@@ -104,10 +104,6 @@ def _save(context: Context, folder: Path | None, name: str, spent: gdp.Spent) ->
         write_atomic(folder / f"{name}.json", text)
 
 
-def load_spent(msg: Message, context: Context, data: ImageSet) -> gdp.Spent:
-    return _load(context, *_where(msg, context, data))
-
-
 def charge(msg: Message, context: Context, data: ImageSet, pid: int, rnd: int, dp: DpConfig,
            plan: Plan) -> gdp.Spent:
     """Charge this round's ``plan`` to the ledger, before any training, and return the spending after it; raises
