@@ -46,7 +46,7 @@ def test_an_interrupted_benchmark_stops_the_run_it_started_and_its_children(tmp_
             time.sleep(0.1)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bench, "tree_pss_bytes", interrupted)
+    monkeypatch.setattr(bench.harness, "tree_pss_bytes", interrupted)  # where run_fedgen looks it up
     with pytest.raises(KeyboardInterrupt):
         bench.run_fedgen("config.yaml", [], tmp_path / "run")
     assert len(seen) == 3 and not any(alive(pid) for pid in seen), seen
@@ -92,7 +92,7 @@ def test_the_private_unet_step_is_timed_and_its_memory_measured(tmp_path, monkey
     # a process of its own: the benchmark fixes glibc's mmap threshold for its whole process, and measures that
     # process's resident set
     code = ("import json; from pathlib import Path; from simulations import bench; print(json.dumps("
-            "bench.dp_images(Path('.'), Path('.'), batch=8, steps=1, repeats=1, multiplicities=(2,))))")
+            "bench.dp_images(Path('.'), batch=8, steps=1, repeats=1, multiplicities=(2,))))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]

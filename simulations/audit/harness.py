@@ -1,35 +1,10 @@
-"""`fedgen audit`: the empirical privacy of a diffusion run folder (:mod:`fedgen.privacy.audit` has the math).
-
-For each run (an image U-Net, task diffusion; or a feature denoiser, task ldmlr / strategy fedddpm; federated or
-not, private or not):
-
-- membership inference against the final model (rebuilt as the registry says, :func:`strategies.model_fn`: FedPhD's
-  pruned as its plan says; with per-client models, Local's, ``--client``'s, default 0's): members are the clients'
-  training examples (all clients', or ``--client``'s; with per-client models, that client's own), non-members the
-  global test split, label-matched; the score is minus the denoising error at ``--timesteps`` (the mean over them
-  and over ``--draws`` fixed noise draws). The public split is not used as non-members: a feature model's encoder
-  was trained on it, so its features are not of the clients' distribution.
-- with pseudo-feature upload (strategy.upload=features), the same members and non-members against what the clients
-  sent (kept in the run's checkpoint): minus the distance to the nearest uploaded pseudo-feature of the same class.
-- with ``--canary-runs N``: one client's (``--client``, default 0) local training, replayed as the run trained it
-  (its plan: sampling rates, steps, sigma, clip, for ``--canary-rounds`` rounds back to back, by default the run's;
-  from the final global model; the server's averaging with other clients, and weight-only strategy terms such as
-  FedProx's, left out) N times with a crafted canary added to its data and N times without; the canary's denoising
-  error at each audit timestep, against that of crafted references never trained on, is the test. The bound is
-  compared with the accountant's epsilon of the rounds replayed (what the client's ledger charges for them); a
-  bound above it is a bug in the implementation (clipping, noise or sampling), and the command fails.
-
-Writes RUN/audit.json for each run, and OUT/audit.json, OUT/audit.md (the table) and OUT/roc.png (the attacks' ROC
-curves, log-log).
-"""
+"""The audit's shared harness: its settings, what it can audit, a run folder loaded (its final model and how to
+score examples against it), the run folders of a path, and the report (the table and the ROC curves)."""
 
 from __future__ import annotations
 
-import copy
-import json
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +16,11 @@ from fedgen.config import ConfigError, ExperimentConfig, load_config
 from fedgen.data import Federation, ImageSet, load_federation
 from fedgen.diffusion import conditioning, noise_scheduler, resize
 from fedgen.diffusion import features as fd
-from fedgen.diffusion import train as train_unet
-from fedgen.diffusion import train_private as train_unet_private
-from fedgen.privacy import audit, dp_diffusion, gdp
+from fedgen.privacy import audit, dp_diffusion
 from fedgen.results import read_rounds
-from fedgen.train import client_seed, resolve_device
+from fedgen.train import resolve_device
 from fedgen.wire import DP_EPSILON, DPDIFFUSION_TRAIN
 from strategies.local import CLIENT_MODELS
-
-CANARY_TIMESTEPS = (10, 100, 500, 950)
-"""The canary's scores: one in each part of phase II and one in phase I (t >= dp.split_step's default 900)."""
 
 
 @dataclass(frozen=True)
@@ -169,132 +139,11 @@ class Target:
         return dp_diffusion.plan(n, cfg.dp, cfg.rounds, d, dp_diffusion.abar_at(self.scheduler, cfg.dp.split_step))
 
 
-def membership(target: Target, s: Settings) -> dict:
-    """The loss attack (and, with pseudo-feature upload, the nearest-upload attack) against the run."""
-    members, test = target.members(target.client), target.fed.test
-    mi, oi = audit.label_matched(members.labels, test.labels, s.examples, s.seed)
-    xm, ym = target.inputs(members.subset(mi))
-    xo, yo = target.inputs(test.subset(oi))
-
-    def errors(model):
-        return (target.errors(model, x, y, s.timesteps, s.draws, s.batch_size, s.seed) for x, y in ((xm, ym), (xo, yo)))
-
-    (em, eo), (cm, co) = errors(target.generator), errors(target.untrained())
-    out = {"loss": audit.attack_report(-em.mean(1), -eo.mean(1), seed=s.seed),
-           "control": audit.attack_report(-cm.mean(1), -co.mean(1), seed=s.seed),
-           "auc_per_timestep": {int(t): audit.roc(-em[:, j], -eo[:, j])[2] for j, t in enumerate(s.timesteps)}}
-    if getattr(target.cfg.strategy, "upload", None) == "features":  # FedDDPM's pseudo-feature upload
-        pool = target.state["pool"]
-        if pool is not None:
-            out["uploads"] = audit.attack_report(*(_nearest_upload(x, y, *pool, target) for x, y in
-                                                   ((xm, ym), (xo, yo))), seed=s.seed)
-    return out
-
-
-def _nearest_upload(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, zy: torch.Tensor,
-                    target: Target) -> torch.Tensor:
-    """Minus each example's squared distance to the nearest uploaded pseudo-feature of its class."""
-    uploads = target.normalized(z)
-    score = torch.full((len(y),), -math.inf)
-    for c in torch.unique(y):
-        mine, theirs = y == c, uploads[zy.long() == c]
-        if len(theirs):
-            score[mine] = -torch.cdist(x[mine], theirs).min(1).values ** 2
-    return score
-
-
-REFERENCES = 8
-"""Crafted points like the canary, never trained on: the canary's score is their mean error minus its own, which
-takes out how well the model happens to denoise such points at all (the run's training randomness)."""
-
-
-def _crafted(target: Target, data: ImageSet, seed: int) -> tuple[ImageSet | torch.Tensor, int]:
-    """The canary (first) and the references: random signs at the data's bound (corners of [-1, 1]^d for
-    features; images of random black and white pixels), labelled as the class the client holds least of (one it
-    does not hold at all, where there is one: then only the canary trains that class's embedding)."""
-    rng = np.random.default_rng(seed + 12345)
-    label = int(np.argmin(data.label_histogram(target.fed.num_classes)))
-    n = 1 + REFERENCES
-    if target.image:
-        pixels = (rng.integers(0, 2, (n, *data.images.shape[1:])) * 255).astype(np.uint8)
-        return ImageSet(pixels, np.full(n, label), np.zeros(n, dtype=np.int64)), label
-    d = target.model.diffusion.mean.numel()
-    return torch.from_numpy(rng.choice([-1.0, 1.0], (n, d))).float(), label
-
-
-def canaries(target: Target, s: Settings, log=print) -> dict:
-    """Replays ``--client``'s (default 0) local training ``s.canary_runs`` times with a canary and as many without;
-    the bound, against the accountant's epsilon of the rounds replayed."""
-    cfg, pid = target.cfg, target.client or 0
-    data = target.members(pid)
-    crafted, label = _crafted(target, data, cfg.seed)
-    p = target.plan(len(data))  # the same plan with and without: Poisson rates do not change with one example
-    if target.image:
-        x_c, y_c = target.inputs(crafted)
-        canary = crafted.subset(np.array([0]))
-    else:
-        z, y = target.inputs(data)
-        x_c, y_c = crafted, torch.full((len(crafted),), label)
-        z_in, y_in = torch.cat([z, x_c[:1]]), torch.cat([y, y_c[:1]])
-    start = copy.deepcopy(target.generator).cpu()
-
-    rounds = s.canary_rounds or cfg.rounds
-
-    def train_and_score(with_canary: bool, run: int) -> np.ndarray:
-        model = copy.deepcopy(start)
-        for rnd in range(1, rounds + 1):
-            seed = client_seed(cfg.seed * 7919 + run, rnd, pid)
-            if target.image:
-                run_data = ImageSet.concat([data, canary]) if with_canary else data
-                if cfg.dp.private:
-                    train_unet_private(model, run_data, cfg, p, target.device, seed)
-                else:
-                    train_unet(model, run_data, cfg.diffusion, target.device, seed, rnd)
-            else:
-                zz, yy = (z_in, y_in) if with_canary else (z, y)
-                dp_diffusion.train_two_phase(model, zz, yy, p, cfg.dp, target.scheduler, cfg.ldmlr.snr_gamma,
-                                             target.device, torch.Generator().manual_seed(seed))
-        errs = target.errors(model, x_c, y_c, CANARY_TIMESTEPS, 16, s.batch_size, s.seed)
-        return (errs[1:].mean(0) - errs[0]).numpy()
-
-    t0 = time.perf_counter()
-
-    def progress(done: int, total: int) -> None:
-        if done % max(1, total // 10) == 0 or done == total:
-            log(f"  canary runs {done}/{total} ({time.perf_counter() - t0:.0f} s)")
-
-    result = audit.canary_audit(train_and_score, s.canary_runs, cfg.dp.delta, s.confidence, progress)
-    mu = math.sqrt(rounds) * math.hypot(p.mu1, p.mu2)  # what the client's ledger charges for these rounds
-    replayed_eps = gdp.epsilon_of(mu, cfg.dp.delta) if p.sigma is not None else math.inf
-    return {**asdict(result), "client": pid, "client_examples": len(data), "canary_label": label,
-            "runs": s.canary_runs, "rounds": rounds, "timestep": CANARY_TIMESTEPS[result.column],
-            "epsilon_replayed": replayed_eps, "sigma": p.sigma, "seconds": time.perf_counter() - t0,
-            "exceeds": bool(result.epsilon_lb > replayed_eps)}
-
-
 def spent_epsilon(run_dir: Path) -> float | None:
     """The largest epsilon any client reported spending in the run (rounds.jsonl: the diffusion task's clients'
     'train/dp-epsilon', FedDDPM's 'epsilon')."""
     values = [r[k] for r in read_rounds(run_dir) for k in (f"train/{DP_EPSILON}", "epsilon") if r.get(k) is not None]
     return max(values) if values else None
-
-
-def audit_run(run_dir: Path, s: Settings, log=print) -> dict:
-    target = Target(run_dir, s.client)
-    out = {"run": str(run_dir), "model": "image U-Net" if target.image else "feature denoiser",
-           "strategy": target.cfg.strategy.name, "privacy": "dp" if target.cfg.dp.private else None,
-           "epsilon": spent_epsilon(run_dir),
-           "epsilon_budget": target.cfg.dp.epsilon, "delta": target.cfg.dp.delta, "settings": asdict(s)}
-    t0 = time.perf_counter()
-    out["membership"] = membership(target, s)
-    log(f"{run_dir}: loss attack AUC {out['membership']['loss']['auc']:.3f} ({time.perf_counter() - t0:.0f} s)")
-    if s.canary_runs:
-        out["canary"] = canaries(target, s, log)
-        c = out["canary"]
-        log(f"{run_dir}: canary audit: epsilon >= {c['epsilon_lb']:.3f} (accountant, {c['rounds']} rounds replayed: "
-            f"{c['epsilon_replayed']:.3f}; ceiling of {c['runs']} runs: {c['ceiling']:.2f})")
-    (run_dir / "audit.json").write_text(json.dumps(out, indent=2))
-    return out
 
 
 def run_dirs(path: Path) -> list[Path]:
@@ -374,26 +223,3 @@ def roc_plot(results: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def main(paths: list[str], out: str | None, s: Settings, log=print) -> int:
-    runs = [d for p in paths for d in run_dirs(Path(p))]
-    configs: list[ExperimentConfig] = [load_config(d / "config.yaml") for d in runs]  # fail before any work
-    for d, cfg in zip(runs, configs, strict=True):
-        check(cfg, d, canaries=s.canary_runs > 0)
-        if s.client is not None and not 0 <= s.client < cfg.data.num_clients:
-            raise ConfigError(f"--client {s.client} is outside 0..{cfg.data.num_clients - 1} for {d}")
-    results = [audit_run(d, s, log) for d in runs]
-    folder = Path(out) if out else (Path(paths[0]) / "audit")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "audit.json").write_text(json.dumps(results, indent=2))
-    (folder / "audit.md").write_text(table(results))
-    roc_plot(results, folder / "roc.png")
-    log(f"wrote {folder}/audit.md, audit.json, roc.png")
-    bad = [r for r in results if r.get("canary", {}).get("exceeds")]
-    for r in bad:
-        c = r["canary"]
-        log(f"AUDIT FAILED: {r['run']}: the canary test proves epsilon >= {c['epsilon_lb']:.3f}, above the "
-            f"accountant's {c['epsilon_replayed']:.3f} for the rounds replayed: the implementation does not deliver "
-            "its guarantee (clipping, noise or sampling); please report it")
-    return 1 if bad else 0
