@@ -3,7 +3,8 @@
 'query' (every run's partition query) goes to :func:`clients.common.query`; every other message type to the role
 a registered method declares (e.g. 'train' -> clients.finetune:train, 'train.encode' -> clients.encode:encode).
 A 'train' message that carries a SecAgg+ stage goes to :mod:`clients.secure` instead.
-A role's module is imported on its first message, so a client only loads what its run's method uses.
+A role's module is imported on its first message, so a client only loads what its run's method uses (every method
+is discovered when the app is built, :mod:`fedgen.discovery`, without importing its heavy parts).
 """
 
 from __future__ import annotations

@@ -29,10 +29,9 @@ from fedgen.wire import (
     CONTEXT_ARRAYS,
     NUM_EXAMPLES,
     PARTITION_ID,
-    PSEUDO_FEATURES,
-    PSEUDO_LABELS,
     TRAIN_LOSS,
 )
+from strategies.fedddpm import PSEUDO_FEATURES, PSEUDO_LABELS
 
 
 def train(msg: Message, context: Context) -> Message:

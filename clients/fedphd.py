@@ -14,7 +14,7 @@ from flwr.app import Context, Message
 from clients.diffusion import train_unet
 from fedgen import fedphd
 from fedgen.diffusion.pruning import apply_plan
-from fedgen.wire import PRUNING_PLAN, SPARSE_LAMBDA
+from strategies.fedphd import PRUNING_PLAN, SPARSE_LAMBDA
 
 
 def train(msg: Message, context: Context) -> Message:

@@ -13,7 +13,7 @@ from clients.common import client_data
 from clients.secure import require_secagg
 from fedgen import gptfl
 from fedgen.privacy import iblt
-from fedgen.wire import IBLT_SPEC, LABEL_NAMES
+from strategies.gptfl import IBLT_SPEC, LABEL_NAMES
 
 
 def labels(msg: Message, context: Context) -> Message:

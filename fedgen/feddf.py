@@ -16,13 +16,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedgen.config import FedDFConfig
+if TYPE_CHECKING:
+    from strategies.feddf import FedDFConfig
+
 
 SEP = "/"
 """Global arrays hold every group's model under '<architecture>/<state-dict key>'."""

@@ -83,8 +83,7 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
                          wait_s=cfg.strategy.round_timeout_s, tier=method.client_tier)
     strategy = method.build(ctx)
     task = method.task(ctx, strategy)
-    if method.reply_checks:
-        grid.checks.update(method.reply_checks(strategy))
+    grid.checks.update(method.reply_checks(strategy))
     first_round, rows, elapsed = 1, [], 0.0
     if resume:
         ckpt = checkpoint.load(out_dir)
@@ -140,11 +139,10 @@ def run_experiment(grid: Grid, cfg: ExperimentConfig, out_dir: str | Path, resum
             ledger.restore(ckpt["ledger"])
             checkpoint.set_rng_state(ckpt["rng"])
         else:
-            extras = {}
-            if method.prepare:
-                arrays, extras = method.prepare(ctx, strategy, grid, arrays)
+            prepared = method.prepare(ctx, strategy, grid, arrays)
+            arrays, extras = prepared if prepared is not None else (arrays, {})
             after_round(0, arrays, extras)
-        if method.prepare:  # its figures in the summary too, from round 0's row (which a resumed run read back)
+        if method.prepares:  # its figures in the summary too, from round 0's row (which a resumed run read back)
             prefix = f"{cfg.strategy.name}/"
             recorder.extras[cfg.strategy.name] = {k.removeprefix(prefix): v for k, v in recorder.rows[0].items()
                                                   if k.startswith(prefix)}

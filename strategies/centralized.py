@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 from flwr.app import ArrayRecord, Message, MetricRecord
 
-from strategies.server_side import ServerSideTraining
+from strategies.method import Method
+from strategies.server_side import ServerSideConfig, ServerSideTraining
+
+
+class CentralizedConfig(ServerSideConfig):
+    name: Literal["centralized"] = "centralized"
 
 
 class Centralized(ServerSideTraining):
@@ -16,3 +22,9 @@ class Centralized(ServerSideTraining):
         state, loss = self._train(self._arrays.to_torch_state_dict(), self.fed.pooled_train(), self.seed + server_round,
                                   server_round)
         return ArrayRecord(state), MetricRecord({"train-loss": loss})
+
+
+class CentralizedMethod(Method):
+    section = CentralizedConfig
+    federated = False
+    build = staticmethod(Centralized.build)

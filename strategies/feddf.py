@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,12 +30,77 @@ from torch import nn
 
 from fedgen import feddf
 from fedgen.compat.flower import check_and_log_replies
-from fedgen.config import FedDFConfig
+from fedgen.config import (
+    ExperimentConfig,
+    ModelName,
+    OpenFraction,
+    PositiveFloat,
+    PositiveInt,
+    StrategyConfig,
+    check_embedded,
+)
 from fedgen.data import Federation
 from fedgen.data.images import to_float
 from fedgen.models import build_model
 from fedgen.tasks import ClassifierTask, Headline, Task
 from fedgen.wire import MODEL_NAME, NUM_EXAMPLES
+from strategies.method import Method
+
+
+class FedDFConfig(StrategyConfig):
+    """FedDF (Lin et al., NeurIPS 2020): each architecture group's clients are averaged, then every group's student is
+    distilled from the ensemble of all received client models, on unlabelled server-side inputs. The distillation
+    defaults are the official code's (they assume a GPU: CPU suites set smaller step budgets)."""
+
+    name: Literal["feddf"] = "feddf"
+    architectures: list[ModelName] = []
+    """Architectures in contiguous blocks of partition ids (client k trains architectures[k * A // N], as in the
+    official code). Empty: every client trains model.name."""
+    architecture_of: dict[int, ModelName] = {}
+    """Partition id -> architecture, overriding the blocks for the ids it names."""
+    distillation: bool = True
+    """False: no distillation, each group's model is the average of its clients' (with student_init=weighted, FedAvg
+    inside each group: the baseline of a federation of several architectures, where FedAvg cannot mix them)."""
+    student_init: Literal["uniform", "weighted"] = "uniform"
+    """A group's student starts from the uniform average of its clients' models (the official code), or weighted by
+    their examples."""
+    source: Literal["public", "generated", "patches"] = "public"
+    """Distillation inputs, never their labels: 'public' the server-held public split; 'generated' images from the
+    foundation generator, prompted with ``prompt`` per class name; 'patches' random crops of scikit-learn's two sample
+    photographs (inputs unrelated to the task, to show the method's sensitivity)."""
+    source_size: PositiveInt = 2000
+    """Images made for source=generated or patches."""
+    prompt: str = "a photo of a {c}"
+    """source=generated: the prompt of each class name {c}."""
+    early_stop: Literal["kl", "accuracy"] = "kl"
+    """The stop signal: 'kl' (label-free) the KL from the ensemble to the student on a held-out part of the
+    distillation inputs; 'accuracy' the official code's, top-1 accuracy on a labelled held-out part of the public
+    split (a run that uses it says so in its summary)."""
+    holdout_fraction: OpenFraction = 0.1
+    """Share held out for the stop signal."""
+    temperature: PositiveFloat = 1.0
+    lr: PositiveFloat = 1e-3
+    """Adam, annealed by a cosine over max_steps."""
+    batch_size: PositiveInt = 128
+    max_steps: PositiveInt = 10_000
+    eval_every: PositiveInt = 100
+    patience: PositiveInt = 1_000
+    """Stop this many steps after the last strict improvement of the stop signal."""
+    grad_clip: PositiveFloat = 5.0
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        super().check(cfg)
+        n = cfg.data.num_clients
+        if len(self.architectures) > n:
+            raise ValueError(f"strategy.architectures names {len(self.architectures)} architectures for "
+                             f"data.num_clients={n} clients")
+        bad = sorted(k for k in self.architecture_of if not 0 <= k < n)
+        if bad:
+            raise ValueError(f"strategy.architecture_of: partition ids {bad} are outside 0..{n - 1}")
+        if self.eval_every > self.max_steps:
+            raise ValueError(f"strategy.eval_every={self.eval_every} exceeds strategy.max_steps={self.max_steps}")
+        if self.source == "generated":
+            check_embedded(cfg)
 
 
 @dataclass(frozen=True)
@@ -255,3 +321,10 @@ class GroupsTask(Task):
 
     def final_models(self, state: dict[str, torch.Tensor]) -> dict:
         return {"model": feddf.split(state)}
+
+
+class FedDFMethod(Method):
+    section = FedDFConfig
+    build = staticmethod(build)
+    initial = staticmethod(initial)
+    task = GroupsTask

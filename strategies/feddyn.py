@@ -13,6 +13,7 @@ names the round each client continues from.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,8 +21,20 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedgen import feddyn
+from fedgen.config import PositiveFloat, StrategyConfig
 from fedgen.wire import FEDDYN_ALPHA, FEDDYN_MEAN_EXAMPLES
+from strategies.method import Method
 from strategies.stateful import StatefulClients
+
+
+class FedDynConfig(StrategyConfig):
+    name: Literal["feddyn"] = "feddyn"
+    feddyn_alpha: PositiveFloat = 0.01
+    """FedDyn regulariser weight. FedDyn corrects the trainable parameters only; BatchNorm's running statistics are
+    plainly averaged, so run it with model.norm=group for the algorithm as written."""
+    feddyn_alpha_by_data_share: bool = False
+    """As FedDyn's official code: client k uses alpha / w_k, w_k = n_k / (mean of n over the federation), so clients
+    with more data are pulled less towards the global model. False: every client uses alpha (the paper's text)."""
 
 
 class FedDyn(StatefulClients):
@@ -90,3 +103,9 @@ def build(ctx) -> FedDyn:
             if s.feddyn_alpha_by_data_share else None)
     return FedDyn(alpha=s.feddyn_alpha, num_clients=fed.num_clients,
                   param_keys=ctx.param_keys(), mean_examples=mean, **ctx.sampling())
+
+
+class FedDynMethod(Method):
+    section = FedDynConfig
+    checkpoint = True
+    build = staticmethod(build)

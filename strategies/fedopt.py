@@ -11,14 +11,40 @@ two changes.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Annotated, Literal
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedYogi
+from pydantic import Field
 
 from fedgen.compat.flower import FedOptSubset
+from fedgen.config import PositiveFloat, StrategyConfig
 from strategies import retyped
+from strategies.method import Method
+
+
+class FedOptConfig(StrategyConfig):
+    """Flower's adaptive server optimisers (Reddi et al., ICLR 2021). The client learning rate eta_l is the task's
+    own (train.lr or diffusion.lr); the defaults are the paper's CIFAR-10 setting."""
+
+    tasks = ("classify", "diffusion")
+    private_clients = True
+    eta: PositiveFloat = 1e-2
+    """Server learning rate."""
+    beta_1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta_2: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    tau: PositiveFloat = 1e-3
+    """Adaptivity: added to the square root of the second moment."""
+
+
+class FedAdamConfig(FedOptConfig):
+    name: Literal["fedadam"] = "fedadam"
+
+
+class FedYogiConfig(FedOptConfig):
+    name: Literal["fedyogi"] = "fedyogi"
 
 
 class _ParametersOnly(FedOptSubset):
@@ -70,3 +96,15 @@ def builder(cls: type[_ParametersOnly]):
         return retyped.for_task(strategy, ctx.kind.train_type)
 
     return build
+
+
+class FedAdamMethod(Method):
+    section = FedAdamConfig
+    checkpoint = True
+    build = staticmethod(builder(ServerAdam))
+
+
+class FedYogiMethod(Method):
+    section = FedYogiConfig
+    checkpoint = True
+    build = staticmethod(builder(ServerYogi))

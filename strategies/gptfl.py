@@ -19,34 +19,117 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import astuple, dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from fedgen import gptfl
-from fedgen.compat.flower import sample_nodes
+from fedgen.compat.flower import sample
+from fedgen.config import ExperimentConfig, Fraction, PositiveFloat, PositiveInt, check_embedded
 from fedgen.data import ImageSet
 from fedgen.privacy import iblt, secagg
 from fedgen.results import save_image_grid
 from fedgen.train import fit
 from fedgen.wire import (
     EXPERIMENT,
-    IBLT_SPEC,
-    LABEL_NAMES,
-    LABELS,
     PROXIMAL_MU,
     SECURE_KEYS,
     SECURE_ROLE,
     SERVER_ROUND,
 )
 from strategies import fedopt
+from strategies.fedopt import FedOptConfig
+from strategies.method import Method
 from strategies.retyped import TrainsAs
 
+GPTFL_TEMPLATES = [
+    "a photo of a {label}", "a drawing of a {label}", "a painting of a {label}", "a sketch of a {label}",
+    "a cartoon of a {label}", "a black and white photo of a {label}", "a close-up photo of a {label}",
+    "a blurry photo of a {label}",
+]
+"""Styles that a label's name does not fix, so that the synthetic set spreads over them (as the official
+multi-domain template does)."""
+
+
+class GptFLConfig(FedOptConfig):
+    """GPT-FL (Zhang et al., 2023): the server learns the union of the clients' label names, generates a synthetic
+    set for them with the foundation generator, pre-trains the global model on it alone (round 0), and a standard
+    strategy fine-tunes it. Pre-training defaults are the official code's (SGD, momentum 0.9, weight decay 5e-4,
+    cosine over 200 epochs, lr 1e-4); eta, beta_1, beta_2 and tau are FedAdam's when finetune=fedadam."""
+
+    tasks = ("classify",)
+    name: Literal["gptfl"] = "gptfl"
+    labels: Literal["plain", "private"] = "private"
+    """'plain': clients send their label names; 'private': each client sends an IBLT of them, summed under SecAgg+,
+    and the server peels the sum (the union and how many clients hold each label; never one client's set)."""
+    label_capacity: PositiveInt = 100
+    """labels=private: the distinct labels the IBLT is sized for (a decode failure names the size to use)."""
+    label_bytes: PositiveInt = 64
+    """labels=private: the longest label name, in UTF-8 bytes."""
+    secagg_shares: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """SecAgg+: each client's secrets are shared with this fraction of the sampled clients (Flower's num_shares)."""
+    secagg_threshold: Annotated[float, Field(gt=0, le=1)] = 0.6
+    """SecAgg+: the fraction of the shares needed to reconstruct a secret (Flower's reconstruction_threshold);
+    unmasking needs that many of each client's neighbours to stay, and fewer can never unmask one client alone."""
+    templates: list[str] = GPTFL_TEMPLATES
+    """Prompts per label, '{label}' replaced by its name."""
+    prompt_model: str | None = None
+    """A text-to-text model (from_pretrained: hub id or directory) that writes prompts_per_class more prompts per
+    label from the label alone (official: mrm8488/t5-base-finetuned-common_gen); None: templates only."""
+    prompts_per_class: PositiveInt = 200
+    images_per_class: PositiveInt = 500
+    guidance_min: Annotated[int, Field(ge=1)] = 1
+    guidance_max: Annotated[int, Field(ge=1)] = 5
+    """Each image's guidance scale is drawn uniformly from the integers guidance_min..guidance_max."""
+    pretrain_epochs: PositiveInt = 200
+    pretrain_lr: PositiveFloat = 1e-4
+    pretrain_momentum: Fraction = 0.9
+    pretrain_weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    pretrain_batch_size: PositiveInt = 64
+    finetune: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    """The strategy that fine-tunes the pre-trained model, unchanged."""
+    proximal_mu: Annotated[float, Field(ge=0)] = 0.01
+    """finetune=fedprox: the proximal weight."""
+    secure_updates: bool = False
+    """Fine-tune under SecAgg+ too (finetune=fedavg or fedprox): the server only learns each round's weighted mean of
+    the trained models, clipped to +-secagg_clip and quantised to 2**22 levels (Flower's SecAgg+ arithmetic)."""
+    secagg_clip: PositiveFloat = 8.0
+    """secure_updates: every weight is clipped to +-secagg_clip before it is masked."""
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        super().check(cfg)
+        if self.secure_updates and self.finetune == "fedadam":
+            raise ValueError("strategy.secure_updates=true averages the models under SecAgg+: use finetune=fedavg "
+                             "or fedprox")
+        if self.secure_updates and self.min_train_clients < 2:
+            raise ValueError("strategy.secure_updates=true needs strategy.min_train_clients >= 2 (SecAgg+ sums at "
+                             "least two clients)")
+        if self.guidance_min > self.guidance_max:
+            raise ValueError(f"strategy.guidance_min={self.guidance_min} exceeds "
+                             f"strategy.guidance_max={self.guidance_max}")
+        bad = [t for t in self.templates if "{label}" not in t]
+        if bad or not self.templates:
+            raise ValueError(f"strategy.templates: every template needs '{{label}}' (got {bad or 'none'})")
+        if self.labels == "private" and cfg.data.num_clients < 2:
+            raise ValueError("strategy.labels=private sums the clients' tables under SecAgg+: it needs at least 2 "
+                             "clients")
+        check_embedded(cfg)
+
+
 TABLE_ROLE = "gptfl.label-table"
+
+LABELS = f"{MessageType.QUERY}.labels"
+"""GPT-FL's plain label collection: the client's label names."""
+LABEL_NAMES = "label-names"
+"""A 'query.labels' reply's ConfigRecord key: the names of the classes the client holds."""
+IBLT_SPEC = "iblt-spec"
+"""GPT-FL's private label collection: the IBLT layout (capacity, prime, key bytes, chunk bytes, seed)."""
 log = logging.getLogger("fedgen")
 
 
@@ -118,9 +201,7 @@ class SecureUpdates:
 
     def round(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
               proximal_mu: float) -> tuple[ArrayRecord, MetricRecord]:
-        connected = len(list(grid.get_node_ids()))
-        nodes, _ = sample_nodes(grid, self.min_train_nodes,
-                                max(int(connected * self.fraction_train), self.min_train_nodes))
+        nodes = sample(grid, self.fraction_train, self.min_train_nodes)
         state = {k: a.numpy() for k, a in arrays.items()}
         keys = secagg.summed_keys(state)
         instructions = ConfigRecord({**config, SERVER_ROUND: server_round, SECURE_ROLE: MessageType.TRAIN,
@@ -246,3 +327,16 @@ def build(ctx) -> GptFL:
         secure = SecureUpdates(s.fraction_train, s.min_train_clients, largest, s.secagg_clip, s.secagg_shares,
                                s.secagg_threshold, s.round_timeout_s)
     return GptFL(inner, ctx.fed.class_names, secure)
+
+
+class GptFLMethod(Method):
+    section = GptFLConfig
+    foundation = True
+    checkpoint = True
+    roles = {LABELS: "clients.gptfl:labels"}
+    secure_roles = {TABLE_ROLE: "clients.gptfl:label_table"}
+    build = staticmethod(build)
+    prepare = staticmethod(prepare)
+
+    def reply_checks(self, strategy: GptFL):
+        return strategy.reply_checks()

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 import numpy as np
 from flwr.app import Message, MetricRecord
 
 from fedgen.tasks import Task
 from fedgen.train import client_seed
-from strategies.server_side import ServerSideTraining
+from strategies.method import Method
+from strategies.server_side import ServerSideConfig, ServerSideTraining
 
 CLIENT_MODELS = "client_models"
 """The final models' file stem (<run>/client_models.pt): each client's own model, by partition id."""
+
+
+class LocalConfig(ServerSideConfig):
+    name: Literal["local"] = "local"
 
 
 class LocalOnly(ServerSideTraining):
@@ -70,3 +76,13 @@ class LocalTask(Task):
 
     def final_models(self, state: dict) -> dict:
         return {CLIENT_MODELS: self.strategy.models}
+
+
+class LocalMethod(Method):
+    section = LocalConfig
+    federated = False
+    checkpoint = True
+    build = staticmethod(LocalOnly.build)
+
+    def task(self, ctx, strategy) -> LocalTask:
+        return LocalTask(ctx, strategy)

@@ -13,12 +13,26 @@ code.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from fedgen.config import PositiveFloat, StrategyConfig
 from fedgen.wire import MOON_MU, MOON_TAU
+from strategies.method import Method
 from strategies.stateful import StatefulClients
+
+
+class MoonConfig(StrategyConfig):
+    """MOON (Li et al., CVPR 2021): FedAvg with a model-contrastive term in local training."""
+
+    tasks = ("classify", "diffusion")
+    name: Literal["moon"] = "moon"
+    moon_mu: PositiveFloat = 1.0
+    """Weight of the contrastive term (the paper uses 5 on CIFAR-10, 1 on CIFAR-100 and Tiny-ImageNet)."""
+    moon_tau: PositiveFloat = 0.5
+    """Temperature of the cosine similarities."""
 
 
 class Moon(StatefulClients):
@@ -45,3 +59,9 @@ class Moon(StatefulClients):
 def build(ctx) -> Moon:
     s = ctx.cfg.strategy
     return Moon(mu=s.moon_mu, tau=s.moon_tau, message_type=ctx.kind.train_type, **ctx.sampling())
+
+
+class MoonMethod(Method):
+    section = MoonConfig
+    checkpoint = True
+    build = staticmethod(build)

@@ -15,20 +15,58 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from pydantic import Field
 
 from fedgen import oscar
-from fedgen.compat.flower import sample_nodes
-from fedgen.config import GeneratorConfig, OscarConfig
+from fedgen.compat.flower import sample
+from fedgen.config import (
+    ExperimentConfig,
+    Fraction,
+    GeneratorConfig,
+    PositiveFloat,
+    PositiveInt,
+    StrategyConfig,
+    check_embedded,
+)
 from fedgen.data import ImageSet
 from fedgen.fedeval import aggregate_evaluations
 from fedgen.results import save_image_grid
 from fedgen.train import fit
-from fedgen.wire import ENCODE, SERVER_ROUND
+from fedgen.wire import SERVER_ROUND
+from strategies.context import FINETUNE
+from strategies.method import Method
+
+ENCODE = f"{MessageType.TRAIN}.encode"
+"""OSCAR's upload of category encodings."""
+
+
+class OscarConfig(StrategyConfig):
+    """One-shot encoding upload (OSCAR). Server-side training defaults are the official code's."""
+
+    name: Literal["oscar"] = "oscar"
+
+    images_per_encoding: PositiveInt = 20
+    """N images generated from each (client, class) encoding."""
+    encoding_dtype: Literal["float16", "float32"] = "float16"
+    epochs: PositiveInt = 20
+    lr: PositiveFloat = 5e-4
+    momentum: Fraction = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    step_size: PositiveInt = 7
+    gamma: PositiveFloat = 0.1
+    batch_size: PositiveInt = 32
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        super().check(cfg)
+        if cfg.rounds != 1:
+            raise ValueError(f"strategy.name=oscar is one-shot: rounds must be 1, got {cfg.rounds}")
+        check_embedded(cfg)
 
 
 class Oscar(Strategy):
@@ -78,9 +116,7 @@ class Oscar(Strategy):
 
     # --- 1. ask the clients for their category encodings -------------------------------------------------------
     def _sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
-        n = len(list(grid.get_node_ids()))
-        nodes, _ = sample_nodes(grid, minimum, max(minimum, int(n * fraction)))
-        return nodes
+        return sample(grid, fraction, minimum)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         self._arrays = arrays
@@ -165,3 +201,13 @@ def build(ctx) -> Oscar:
                  fed.domain_names, fed.image_shape[-1], fraction_train=s.fraction_train,
                  min_train_nodes=s.min_train_clients, fraction_evaluate=s.fraction_evaluate, device=device,
                  seed=cfg.seed, out_dir=ctx.out_dir)
+
+
+class OscarMethod(Method):
+    section = OscarConfig
+    foundation = True
+    roles = {ENCODE: "clients.encode:encode", MessageType.EVALUATE: FINETUNE[MessageType.EVALUATE]}
+    build = staticmethod(build)
+
+    def reply_checks(self, strategy: Oscar):
+        return strategy.reply_checks()

@@ -14,13 +14,26 @@ when its update is aggregated (:class:`strategies.stateful.StatefulClients`).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedgen import scaffold
+from fedgen.config import PositiveFloat, StrategyConfig
+from strategies.method import Method
 from strategies.stateful import StatefulClients
+
+
+class ScaffoldConfig(StrategyConfig):
+    """SCAFFOLD (Karimireddy et al., ICML 2020), option II. The control variates travel with the model, so each
+    round moves twice FedAvg's bytes each way."""
+
+    tasks = ("classify", "diffusion")
+    name: Literal["scaffold"] = "scaffold"
+    scaffold_eta_g: PositiveFloat = 1.0
+    """Global step size: x <- x + eta_g * mean(y_i - x) (the paper's default 1 is FedAvg's averaging)."""
 
 
 class Scaffold(StatefulClients):
@@ -76,3 +89,9 @@ def build(ctx) -> Scaffold:
     return Scaffold(eta_g=ctx.cfg.strategy.scaffold_eta_g, num_clients=ctx.fed.num_clients,
                     param_keys=ctx.param_keys(),
                     message_type=ctx.kind.train_type, **ctx.sampling())
+
+
+class ScaffoldMethod(Method):
+    section = ScaffoldConfig
+    checkpoint = True
+    build = staticmethod(build)

@@ -15,7 +15,18 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
+from fedgen.config import ExperimentConfig, StrategyConfig
 from fedgen.data import Federation
+
+
+class ServerSideConfig(StrategyConfig):
+    """The reference runs train on the server from the partitions: no client is sampled, the shared keys are unused."""
+
+    tasks = ("classify", "diffusion", "ldmlr")
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        if cfg.task not in self.tasks:
+            raise ValueError(f"strategy '{self.name}' does not run task={cfg.task}")
 
 
 class ServerSideTraining(Strategy):

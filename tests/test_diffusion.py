@@ -187,7 +187,7 @@ def test_flower_strategies_send_the_tasks_training_messages(tiny_cfg, tmp_path):
     for task, expected in (("classify", MessageType.TRAIN), ("diffusion", DIFFUSION_TRAIN)):
         cfg = tiny_cfg(task=task, strategy={"name": "fedprox", "proximal_mu": 0.5})
         ctx = strategies.RunContext(cfg, load_federation(cfg.data, 0), lambda: None, CPU, tmp_path, ByteLedger())
-        strategy = strategies.build_strategy(ctx)
+        strategy = strategies.method(cfg.strategy.name).build(ctx)
         inner = getattr(strategy, "inner", strategy)
         assert type(inner) is FedProx and isinstance(inner, FedAvg)
         messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)

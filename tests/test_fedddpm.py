@@ -17,9 +17,9 @@ from fedgen.config import ConfigError, DpConfig, LdmlrConfig
 from fedgen.data import load_federation
 from fedgen.diffusion import features as fd
 from fedgen.privacy import dp_diffusion, gdp
-from fedgen.wire import DPDIFFUSION_TRAIN
 from simulations import audit
 from simulations.server_app import run_experiment
+from strategies.fedddpm import DPDIFFUSION_TRAIN
 
 CIFAR10 = [  # dp-promise's configs/dp_promise/cifar10_32: (epochs1, S, sigma) -> its epsilon at delta 1e-5
     ((3, 900, 1.19), 10.000),

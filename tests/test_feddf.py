@@ -11,9 +11,10 @@ from inprocess import InProcessGrid
 from torch import nn
 
 from fedgen import feddf
-from fedgen.config import ConfigError, FedDFConfig, ModelName, validate
+from fedgen.config import ConfigError, ModelName, validate
 from fedgen.models import MODELS, build_model, count_parameters
 from fedgen.wire import MODEL_NAME
+from strategies.feddf import FedDFConfig
 
 FAST = {"max_steps": 20, "eval_every": 10, "patience": 10, "batch_size": 64}
 """A distillation budget for tests."""

@@ -18,13 +18,14 @@ from test_registry import EXPECTED_KEYS
 from clients.app import app
 from fedgen import fedphd
 from fedgen.comm import CLIENT_EDGE, DOWN, EDGE_CLOUD, UP, ByteLedger
-from fedgen.config import ConfigError, DiffusionConfig, FedPhDConfig
+from fedgen.config import ConfigError, DiffusionConfig
 from fedgen.diffusion import build_unet, pruning
 from fedgen.feddf import average
-from fedgen.wire import FEDPHD_TRAIN, LABEL_HISTOGRAM, NUM_EXAMPLES, PRUNING_PLAN, SPARSE_LAMBDA
+from fedgen.wire import LABEL_HISTOGRAM, NUM_EXAMPLES
 from simulations.grid import AccountedGrid
 from simulations.server_app import run_experiment
-from strategies.fedphd import FedPhD
+from strategies.fedphd import FEDPHD_TRAIN, PRUNING_PLAN, SPARSE_LAMBDA, FedPhDConfig
+from strategies.fedphd.strategy import FedPhD
 
 U10 = np.full(10, 0.1)
 ONE = np.eye(10)[0]  # every example of class 0

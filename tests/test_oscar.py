@@ -9,8 +9,8 @@ from inprocess import InProcessGrid
 from clients.app import app
 from fedgen.comm import record_bytes
 from fedgen.data import load_federation
-from fedgen.wire import ENCODE
 from simulations.server_app import run_experiment
+from strategies.oscar import ENCODE
 
 
 @pytest.fixture

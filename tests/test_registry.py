@@ -1,82 +1,50 @@
-"""The registry as the one place a method is declared: a toy method defined here runs end to end, with its own
-section, role, task and tier, and nothing else touched; what crosses the Grid is exactly what each method declares."""
+"""The registry as the one place a method is declared: a toy method kept in its own files (tests/toymethod/) is
+found through FEDGEN_METHODS and runs end to end, with its own section, roles, task and tier, and no shared module
+names it; what crosses the Grid is exactly what each method declares."""
 
 import csv
 import json
-from typing import Literal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.serverapp.strategy import Strategy
 from inprocess import InProcessGrid
 
 import strategies
 from clients.app import app, build_app
-from clients.common import client_data
+from fedgen import discovery
 from fedgen.comm import DOWN, UP
-from fedgen.config import SECTIONS, StrategyConfig, validate
+from fedgen.config import SECTIONS, validate
 from fedgen.data import load_federation
-from fedgen.tasks import Headline, Task
 from fedgen.wire import SERVER_ROUND
 from simulations.server_app import run_experiment
 
+ROOT = Path(__file__).resolve().parents[1]
+TOY = Path(__file__).parent / "toymethod"
 EDGE_CLOUD = "edge-cloud"
 
 
-def toy_role(msg: Message, context) -> Message:
-    """The toy's client role: the mean pixel of its training images, and how many."""
-    cfg, fed, pid = client_data(msg, context)
-    data, _ = fed.client(pid)
-    value = float(data.images.mean()) / 255 * float(cfg.strategy.scale)
-    return Message(RecordDict({"metrics": MetricRecord({"value": value, "num-examples": len(data)})}), reply_to=msg)
+@pytest.fixture
+def toy_method(monkeypatch):
+    """The toy method, discovered as a user's would be; forgotten afterwards, so that other tests see only fedgen's."""
+    monkeypatch.setenv(discovery.ENV, "toymethod")
+    yield strategies.method("toy")
+    del strategies.METHODS["toy"], SECTIONS["toy"]
+    for name in [n for n in sys.modules if n.startswith("toymethod")]:
+        del sys.modules[name]
+        discovery._imported.discard(name)
 
 
-class ToyStrategy(Strategy):
-    """Asks every node twice per round (two message types), averages the replies into one 'model' (a scalar),
-    and records a made-up edge -> cloud upload in the ledger under its own tier."""
-
-    def __init__(self, ctx) -> None:
-        self.ctx = ctx
-
-    def configure_train(self, server_round, arrays, config, grid):
-        config = ConfigRecord({**config, SERVER_ROUND: server_round})
-        return [Message(RecordDict({"config": config}), dst_node_id=n, message_type=t)
-                for n in grid.get_node_ids() for t in ("train.toy", "query.toy")]
-
-    def aggregate_train(self, server_round, replies):
-        values = [r.content["metrics"]["value"] for r in replies]
-        self.ctx.ledger.add(server_round, -1, UP, 1000 * len(values), kind="toy-edge", tier=EDGE_CLOUD)
-        return ArrayRecord({"value": torch.tensor([float(np.mean(values)) + server_round])}), MetricRecord(
-            {"replies": len(values)})
-
-    def configure_evaluate(self, server_round, arrays, config, grid):
-        return []
-
-    def aggregate_evaluate(self, server_round, replies):
-        return None
-
-    def summary(self):
-        pass
-
-
-class ToyTask(Task):
-    headline = Headline("distance", higher_is_better=False)
-    columns = ("distance",)
-
-    def __init__(self, ctx, strategy):
-        self.target = ctx.cfg.strategy.target
-
-    def evaluate(self, server_round, state):
-        return {"distance": abs(float(state["value"][0]) - self.target)}
-
-    def final_models(self, state):
-        return {"toy": state}
-
-
-def test_each_task_has_its_own_extras():
+def test_each_task_has_its_own_extras(toy_method):
     """A task that does not set its extras (ToyTask) still has a dict of its own: filling one leaves the others."""
+    from toymethod.strategy import ToyTask
+
+    from fedgen.tasks import Task
+
     a, b = (ToyTask(type("Ctx", (), {"cfg": type("Cfg", (), {"strategy": type("S", (), {"target": 1.0})})}), None)
             for _ in range(2))
     a.extras["mine"] = 1
@@ -84,25 +52,47 @@ def test_each_task_has_its_own_extras():
     assert "mine" not in getattr(Task, "extras", {})
 
 
-@pytest.fixture
-def toy_method():
-    class ToyConfig(StrategyConfig):
-        name: Literal["toy"] = "toy"
-        scale: float = 1.0
-        target: float = 10.0
+def test_a_method_is_added_by_files_alone(toy_method):
+    """Its files are its own; no shared module names it; its section and roles are the registry's."""
+    assert {p.name for p in TOY.glob("*.py")} == {"__init__.py", "strategy.py", "client.py"}
+    shared = [p for d in ("fedgen", "strategies", "clients", "simulations") for p in (ROOT / d).rglob("*.py")]
+    assert shared and not [p for p in shared if "toymethod" in p.read_text() or '"toy"' in p.read_text()]
+    assert type(validate({"strategy": {"name": "toy"}}).strategy).__module__ == "toymethod.strategy"
+    assert strategies.client_roles()["train.toy"] == "toymethod.client:answer"
+    with pytest.raises(Exception, match="strategy.proximal_mu: unknown key"):
+        validate({"strategy": {"name": "toy", "proximal_mu": 0.1}})
 
-    method = strategies.register(strategies.Method(
-        ToyConfig, ToyStrategy, roles={"train.toy": f"{__name__}:toy_role", "query.toy": f"{__name__}:toy_role"},
-        task=ToyTask, initial=lambda ctx: {"value": torch.zeros(1)}))
-    yield method
-    del strategies.METHODS["toy"], SECTIONS["toy"]
+
+def test_fedgen_names_a_missing_method_module(monkeypatch):
+    monkeypatch.setenv(discovery.ENV, "no_such_method_module")
+    with pytest.raises(ImportError, match="FEDGEN_METHODS names 'no_such_method_module'"):
+        discovery.discover_methods()
+
+
+def test_a_fedavg_client_loads_no_diffusion_or_dp_library(tmp_path):
+    """The ClientApp of a FedAvg run imports, and trains, without diffusers, transformers, opacus or torch-pruning
+    (every method is discovered; their heavy parts load only when a run uses them)."""
+    code = f"""
+import sys
+from inprocess import InProcessGrid
+from clients.app import app
+from simulations.server_app import run_experiment
+from fedgen.config import validate
+heavy = ("diffusers", "transformers", "opacus", "torch_pruning")
+assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules]
+cfg = validate({{"rounds": 1, "data": {{"num_clients": 2, "partition": {{"kind": "iid"}}}}}})
+run_experiment(InProcessGrid(app, 2), cfg, {str(tmp_path / "run")!r})
+print(sorted(m for m in heavy if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_a_toy_method_runs_end_to_end_through_the_registry_alone(toy_method, tiny_cfg, tmp_path):
     cfg = tiny_cfg(rounds=3, strategy={"name": "toy", "scale": 2.0, "target": 4.0})
     assert type(cfg.strategy).__name__ == "ToyConfig"
-    with pytest.raises(Exception, match="strategy.proximal_mu: unknown key"):
-        validate({"strategy": {"name": "toy", "proximal_mu": 0.1}})
     grid = InProcessGrid(build_app(), cfg.data.num_clients)
     summary = run_experiment(grid, cfg, tmp_path / "run")
     out = tmp_path / "run"
@@ -170,7 +160,7 @@ EXPECTED_KEYS["fedddpm"] = {"query": EXPECTED_KEYS["fedavg"]["query"],  # and th
 
 
 def test_every_federated_method_declares_what_its_clients_send():
-    assert set(EXPECTED_KEYS) == {n for n, m in strategies.METHODS.items() if m.federated}
+    assert set(EXPECTED_KEYS) == {n for n, m in strategies.methods().items() if m.federated}
 
 
 @pytest.mark.parametrize("name", sorted(set(EXPECTED_KEYS) - {"scaffold", "moon", "gptfl", "fedphd", "fedddpm"}))

@@ -40,7 +40,8 @@ __all__ = [
     "RECORD_KEY_CONFIGS", "MAIN_CONFIGS_RECORD", "MAIN_PARAMS_RECORD", "Code", "FitIns", "FitRes", "FedOptSubset",
     "GridClientProxy", "LegacyContext", "LegacyFedAvg", "SecAggKey", "SecAggPlusWorkflow", "Status", "WorkflowKey",
     "aggregate_metricrecords", "bytes_to_ndarray", "check_and_log_replies", "ndarrays_to_parameters",
-    "parameters_to_ndarrays", "recorddict_compat", "sample_nodes", "secaggplus_mod", "copy_over_the_wire",
+    "parameters_to_ndarrays", "recorddict_compat", "sample", "sample_nodes", "sample_size", "secaggplus_mod",
+    "copy_over_the_wire",
     "set_message_id", "act_as_server",
 ]
 
@@ -50,6 +51,18 @@ def check_and_log_replies(strategy, replies: Iterable[Message], is_train: bool,
     """Flower's reply check of its Message-API strategies (``FedAvg._check_and_log_replies``): (valid, error)
     replies, the errors logged; with ``validate``, the arrays and metrics records are checked too."""
     return strategy._check_and_log_replies(replies, is_train=is_train, validate=validate)
+
+
+def sample_size(connected: int, fraction: float, minimum: int) -> int:
+    """How many nodes Flower's FedAvg family samples: max(int(connected * fraction), minimum)."""
+    return max(int(connected * fraction), minimum)
+
+
+def sample(grid, fraction: float, minimum: int) -> list[int]:
+    """Node ids sampled as Flower's FedAvg family samples them (waiting for ``minimum`` to be connected), for a
+    strategy that samples on its own."""
+    nodes, _ = sample_nodes(grid, minimum, sample_size(len(list(grid.get_node_ids())), fraction, minimum))
+    return nodes
 
 
 class FedOptSubset:

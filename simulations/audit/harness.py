@@ -19,7 +19,8 @@ from fedgen.diffusion import features as fd
 from fedgen.privacy import audit, dp_diffusion
 from fedgen.results import read_rounds
 from fedgen.train import resolve_device
-from fedgen.wire import DP_EPSILON, DPDIFFUSION_TRAIN
+from fedgen.wire import DP_EPSILON
+from strategies.fedddpm import DPDIFFUSION_TRAIN
 from strategies.local import CLIENT_MODELS
 
 

@@ -24,10 +24,10 @@ def bytes_(work: Path) -> dict:
 
     from fedgen.foundation.embedded import MAX_TOKENS
     from fedgen.models import build_model
-    from strategies import METHODS
+    from strategies import methods
 
     per_strategy = {}
-    for name in [n for n, m in METHODS.items() if not m.foundation]:  # those the digits config runs as it is
+    for name in [n for n, m in methods().items() if not m.foundation]:  # those the digits config runs as it is
         res = run_fedgen(DIGITS, [f"strategy.name={name}", "rounds=2"], work / f"bytes-{name}")
         s = res["summary"]
         n = s["num_clients"]

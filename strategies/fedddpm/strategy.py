@@ -37,12 +37,10 @@ from fedgen.wire import (
     CONTEXT_ARRAYS,
     DP_EPSILON,
     DP_EPSILON_OPACUS,
-    DPDIFFUSION_TRAIN,
     NUM_EXAMPLES,
     PARTITION_ID,
-    PSEUDO_FEATURES,
-    PSEUDO_LABELS,
 )
+from strategies.fedddpm import DPDIFFUSION_TRAIN, PSEUDO_FEATURES, PSEUDO_LABELS
 
 DENOISER = "diffusion.denoiser."
 

@@ -32,11 +32,11 @@ from torch import nn
 from fedgen import fedphd
 from fedgen.comm import DOWN, EDGE_CLOUD, UP, ByteLedger
 from fedgen.compat.flower import check_and_log_replies
-from fedgen.config import FedPhDConfig
 from fedgen.diffusion import pruning
 from fedgen.diffusion.task import DiffusionTask, unet_fn
 from fedgen.feddf import average
-from fedgen.wire import FEDPHD_TRAIN, LABEL_HISTOGRAM, NUM_EXAMPLES, PRUNING_PLAN, SPARSE_LAMBDA
+from fedgen.wire import LABEL_HISTOGRAM, NUM_EXAMPLES
+from strategies.fedphd import FEDPHD_TRAIN, PRUNING_PLAN, SPARSE_LAMBDA, FedPhDConfig
 
 SERVER_SIDE = -1
 """The ledger's client id for traffic between the server-side tiers."""
