@@ -45,8 +45,9 @@ def train_unet(msg: Message, context: Context, architecture: Callable[[nn.Module
         return update.reply(diffusion.train(model, data, cfg.diffusion, device, seed, rnd,
                                             [*update.penalties, *penalties]))
     from clients import dp_ledger
+    from fedgen.privacy import accountant
 
     plan = diffusion.private_plan(len(data), cfg, image_size(cfg, fed))
     after = dp_ledger.charge(msg, context, data, pid, rnd, cfg.dp, plan)
     result = diffusion.train_private(model, data, cfg, plan, device, seed, [*update.penalties, *penalties])
-    return update.reply(result, dp_ledger.metrics(after, plan, cfg.dp))
+    return update.reply(result, accountant.reply_metrics(after, plan, cfg.dp))

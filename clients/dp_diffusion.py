@@ -23,7 +23,7 @@ from clients import dp_ledger
 from clients.common import client_data, server_round
 from fedgen import fedddpm, ldmlr
 from fedgen.diffusion import features as fd
-from fedgen.privacy import dp_diffusion
+from fedgen.privacy import accountant, dp_diffusion
 from fedgen.train import client_seed, resolve_device
 from fedgen.wire import (
     CONTEXT_ARRAYS,
@@ -47,13 +47,13 @@ def train(msg: Message, context: Context) -> Message:
     scheduler = fd.feature_scheduler(cfg.ldmlr)
     z, y = ldmlr.extract(model, data, cfg.train.eval_batch_size, device)
     zn = fedddpm.bounded(model.diffusion.cpu(), z)
-    plan = dp_diffusion.plan(len(y), dp, cfg.rounds, zn.shape[1], dp_diffusion.abar_at(scheduler, dp.split_step))
+    plan = accountant.plan(len(y), dp, cfg.rounds, zn.shape[1], accountant.abar_at(scheduler, dp.split_step))
     after = dp_ledger.charge(msg, context, data, pid, rnd, dp, plan)
     gen = torch.Generator().manual_seed(client_seed(cfg.seed, rnd, pid))
     losses = dp_diffusion.train_two_phase(model.diffusion, zn, y, plan, dp, scheduler, cfg.ldmlr.snr_gamma, device,
                                           gen)
     metrics = {TRAIN_LOSS: losses["dp/loss-phase2"], NUM_EXAMPLES: len(y), PARTITION_ID: pid,
-               **dp_ledger.metrics(after, plan, dp)}
+               **accountant.reply_metrics(after, plan, dp)}
     if settings.upload == "weights":
         arrays = {f"diffusion.denoiser.{k}": v.cpu() for k, v in model.diffusion.denoiser.state_dict().items()}
     else:

@@ -1,6 +1,6 @@
 """A client's privacy ledger, shared by the private roles (FedDDPM's feature denoiser, the diffusion task's U-Net):
-what the client has spent so far, on its own disk, and the charge of a round, refused when it would exceed the
-client's budget.
+where what the client has spent so far is kept (on its own disk), locked while a round is charged; the charge and
+its refusal over the client's budget are :mod:`fedgen.privacy.accountant`'s.
 
 The ledger belongs to the client, not to anything the server names:
 - a node with a 'state-dir' in its node config (a SuperNode; `fedgen deploy up` gives every node one) keeps one
@@ -28,10 +28,9 @@ from flwr.app import ConfigRecord, Context, Message
 from clients import state as client_state
 from fedgen.config import DpConfig
 from fedgen.data import ImageSet
-from fedgen.privacy import gdp
-from fedgen.privacy.dp_diffusion import Plan
+from fedgen.privacy import accountant
+from fedgen.privacy.accountant import BudgetExhausted, Plan, Spent
 from fedgen.results import write_atomic
-from fedgen.wire import DP_EPSILON, DP_EPSILON_OPACUS, DP_SIGMA
 
 LEDGER = "dp-spent"
 NODE_LEDGER = f"{LEDGER}-node"
@@ -40,10 +39,6 @@ NODE_CAP = "dp-epsilon-max"
 """The node config key of a node's own epsilon cap."""
 NODE_CAP_ENV = "FEDGEN_DP_EPSILON_MAX"
 """Its simulation equivalent: the client processes' environment."""
-
-
-class BudgetExhausted(RuntimeError):
-    """The client's next round would spend more than its privacy budget."""
 
 
 def fingerprint(data: ImageSet) -> str:
@@ -85,16 +80,16 @@ def _locked(folder: Path | None, name: str):
         yield
 
 
-def _load(context: Context, folder: Path | None, name: str) -> gdp.Spent:
+def _load(context: Context, folder: Path | None, name: str) -> Spent:
     if folder is None:
         text = context.state.config_records.get(LEDGER, ConfigRecord()).get(name)
     else:
         path = folder / f"{name}.json"
         text = path.read_text() if path.exists() else None
-    return gdp.Spent.from_dict(json.loads(text)) if text else gdp.Spent()
+    return Spent.from_dict(json.loads(text)) if text else Spent()
 
 
-def _save(context: Context, folder: Path | None, name: str, spent: gdp.Spent) -> None:
+def _save(context: Context, folder: Path | None, name: str, spent: Spent) -> None:
     text = json.dumps(spent.to_dict())
     if folder is None:
         record = context.state.config_records.get(LEDGER, ConfigRecord())
@@ -104,33 +99,15 @@ def _save(context: Context, folder: Path | None, name: str, spent: gdp.Spent) ->
         write_atomic(folder / f"{name}.json", text)
 
 
-def charge(msg: Message, context: Context, data: ImageSet, pid: int, rnd: int, dp: DpConfig,
-           plan: Plan) -> gdp.Spent:
+def charge(msg: Message, context: Context, data: ImageSet, pid: int, rnd: int, dp: DpConfig, plan: Plan) -> Spent:
     """Charge this round's ``plan`` to the ledger, before any training, and return the spending after it; raises
     :class:`BudgetExhausted` (charging nothing) when that is over the smaller of the server's ``dp.epsilon`` and the
-    node's own cap."""
+    node's own cap (:func:`fedgen.privacy.accountant.charge`)."""
     folder, name = _where(msg, context, data)
     with _locked(folder, name):
         spent = _load(context, folder, name)
-        after = spent.plus(plan.mu1, plan.mu2, plan.sigma, plan.q2, plan.steps2) if dp.private else spent
-        limits = {f"the budget dp.epsilon={dp.epsilon}": dp.epsilon,
-                  f"the node's own cap {NODE_CAP}={node_cap(context)}": node_cap(context)}
-        limits = {what: cap for what, cap in limits.items() if cap is not None}
-        if limits:
-            what, cap = min(limits.items(), key=lambda item: item[1])
-            if after.epsilon(dp.delta) > cap * (1 + 1e-9):
-                raise BudgetExhausted(
-                    f"client {pid}: round {rnd} would bring its epsilon from {spent.epsilon(dp.delta):.4g} to "
-                    f"{after.epsilon(dp.delta):.4g}, over {what} (delta {dp.delta}): it does not train")
+        cap = node_cap(context)
+        after = accountant.charge(spent, plan, dp, {f"the node's own cap {NODE_CAP}={cap}": cap}, pid, rnd)
         if dp.private:
             _save(context, folder, name, after)
     return after
-
-
-def metrics(spent: gdp.Spent, plan: Plan, dp: DpConfig) -> dict[str, float]:
-    """What a private reply reports: epsilon spent so far (GDP), phase II alone through opacus' RDP accountant, and
-    this round's noise multiplier; nothing when non-private."""
-    if not dp.private:
-        return {}
-    return {DP_EPSILON: spent.epsilon(dp.delta), DP_EPSILON_OPACUS: spent.opacus_epsilon(dp.delta),
-            DP_SIGMA: plan.sigma}

@@ -6,7 +6,8 @@ counts summed over the clients, so a domain is weighted by its examples). Nothin
 of partition ids or of count lists means nothing.
 
 Training replies' metrics are Flower's weighted mean, except the privacy a client reports having spent: the round's
-largest (a mean epsilon would understate what the most exposed client spent).
+largest (:func:`fedgen.privacy.accountant.largest`: a mean epsilon would understate what the most exposed client
+spent).
 """
 
 from __future__ import annotations
@@ -15,20 +16,16 @@ import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
 from fedgen.compat.flower import aggregate_metricrecords
+from fedgen.privacy import accountant
 from fedgen.train import domain_accuracy
 from fedgen.wire import (
     DOMAIN_CORRECT,
     DOMAIN_COUNT,
-    DP_EPSILON,
-    DP_EPSILON_OPACUS,
     EVAL_ACC,
     EVAL_LOSS,
     NUM_EXAMPLES,
     PARTITION_ID,
 )
-
-LARGEST = (DP_EPSILON, DP_EPSILON_OPACUS)
-"""Training metrics aggregated by their largest value."""
 
 
 def aggregate_evaluations(contents: list[RecordDict], weighted_by_key: str = NUM_EXAMPLES, *,
@@ -54,11 +51,12 @@ def aggregate_evaluations(contents: list[RecordDict], weighted_by_key: str = NUM
 
 
 def aggregate_train_metrics(contents: list[RecordDict], weighted_by_key: str = NUM_EXAMPLES) -> MetricRecord:
-    """Flower's weighted mean of the training replies' metrics, but the largest of :data:`LARGEST` (its signature is
-    Flower's ``train_metrics_aggr_fn``)."""
+    """Flower's weighted mean of the training replies' metrics, but the largest of
+    :data:`fedgen.privacy.accountant.REPLY_KEYS` (its signature is Flower's ``train_metrics_aggr_fn``)."""
     out = aggregate_metricrecords(contents, weighted_by_key)
-    for key in LARGEST:
-        values = [m[key] for c in contents for m in c.metric_records.values() if key in m]
-        if values:
-            out[key] = max(values)
+    records = [m for c in contents for m in c.metric_records.values()]
+    for key in accountant.REPLY_KEYS:
+        value = accountant.largest(records, (key,))
+        if value is not None:
+            out[key] = value
     return out

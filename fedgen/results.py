@@ -39,6 +39,7 @@ import numpy as np
 from fedgen.comm import CLIENT_SERVER, DOWN, UP, ByteLedger
 from fedgen.config import ConfigError, ExperimentConfig, dump_yaml
 from fedgen.data.images import ImageSet
+from fedgen.privacy import accountant
 from fedgen.tasks import Headline
 from fedgen.wire import DP_EPSILON, DP_EPSILON_OPACUS
 
@@ -275,10 +276,10 @@ class RunRecorder:
         }
 
     def _privacy(self) -> dict[str, Any]:
-        """The largest epsilon the clients reported (each reports its total so far), against the budget."""
+        """The largest epsilon the clients reported (:func:`fedgen.privacy.accountant.largest` over the rows'
+        aggregated replies), against the budget."""
         def largest(key: str) -> float | None:
-            values = [r[f"train/{key}"] for r in self.rows if r.get(f"train/{key}") is not None]
-            return max(values) if values else None
+            return accountant.largest(self.rows, (f"train/{key}",))
 
         epsilon = largest(DP_EPSILON)
         if epsilon is None:

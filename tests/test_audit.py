@@ -13,7 +13,7 @@ import torch
 
 from fedgen.config import DpConfig, LdmlrConfig
 from fedgen.diffusion import features as fd
-from fedgen.privacy import audit, dp_diffusion, gdp
+from fedgen.privacy import accountant, audit, dp_diffusion, gdp
 
 
 def test_clopper_pearson_against_hand_values():
@@ -76,7 +76,7 @@ def _train(diffusion, z, y, epochs, epsilon=None, seed=0, lr=1e-3, batch=16, n=N
     sigma calibrated for it."""
     dp = DpConfig(batch_size2=batch, epochs1=0, epochs2=epochs, split_step=1000, max_grad_norm=1.0,
                   noise_multiplicity=1, lr2=lr, epsilon=epsilon)
-    p = dp_diffusion.plan(n or len(y), dp, 1, D, 0.5)
+    p = accountant.plan(n or len(y), dp, 1, D, 0.5)
     dp_diffusion.train_two_phase(diffusion, z, y, p, dp, fd.feature_scheduler(CFG), 5.0, torch.device("cpu"),
                                  torch.Generator().manual_seed(seed))
     return p
@@ -132,13 +132,13 @@ def test_a_private_mechanism_audits_within_its_epsilon_and_the_same_without_nois
         return train_and_score
 
     dp = DpConfig(batch_size2=32, epochs1=0, epochs2=100, split_step=1000, max_grad_norm=1.0, epsilon=0.3)
-    p = dp_diffusion.plan(32, dp, 1, D, 0.5)
-    accountant = gdp.epsilon_of(math.hypot(p.mu1, p.mu2), dp.delta)
-    assert accountant == pytest.approx(0.3, rel=1e-6)
+    p = accountant.plan(32, dp, 1, D, 0.5)
+    claimed = gdp.epsilon_of(math.hypot(p.mu1, p.mu2), dp.delta)
+    assert claimed == pytest.approx(0.3, rel=1e-6)
     private = audit.canary_audit(mechanism(0.3), 20, dp.delta)
-    assert private.epsilon_lb <= accountant, private  # a correctly private run never audits above its epsilon
+    assert private.epsilon_lb <= claimed, private  # a correctly private run never audits above its epsilon
     broken = audit.canary_audit(mechanism(None), 20, dp.delta)
-    assert broken.epsilon_lb > accountant, broken  # the audit has the power to catch a mechanism without noise
+    assert broken.epsilon_lb > claimed, broken  # the audit has the power to catch a mechanism without noise
     assert broken.ceiling == pytest.approx(audit.epsilon_lower_bound(0, 10, 0, 10, dp.delta))
 
 

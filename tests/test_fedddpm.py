@@ -16,7 +16,7 @@ from fedgen import fedddpm
 from fedgen.config import ConfigError, DpConfig, LdmlrConfig
 from fedgen.data import load_federation
 from fedgen.diffusion import features as fd
-from fedgen.privacy import dp_diffusion, gdp
+from fedgen.privacy import accountant, dp_diffusion, gdp
 from simulations import audit
 from simulations.server_app import run_experiment
 from strategies.fedddpm import DPDIFFUSION_TRAIN
@@ -34,12 +34,12 @@ def test_the_accountant_reproduces_dp_promise_cifar10_settings(setting, publishe
     n, dim = 50_000, 3 * 32 * 32  # batch 32 for phase I, 4096 for phase II (50 epochs): the official loaders' counts
     per1, per2 = math.ceil(n / 32), math.ceil(n / 4096)
     scheduler = fd.feature_scheduler(LdmlrConfig(beta_schedule="linear"))  # betas 1e-4 .. 0.02, as dp-promise's
-    abar = dp_diffusion.abar_at(scheduler, s)
+    abar = accountant.abar_at(scheduler, s)
     mu = math.hypot(gdp.phase1_mu(1 / per1, epochs1 * per1, dim, abar), gdp.phase2_mu(1 / per2, 50 * per2, sigma))
     assert gdp.epsilon_of(mu, 1e-5) == pytest.approx(published, abs=5e-4)
     assert gdp.epsilon_of(mu, 1e-5) <= published + 5e-4  # each setting keeps its target (10, 5, 1)
     # the same through the client's plan, which counts steps and rates the same way
-    plan = dp_diffusion.plan(n, DpConfig(sigma=sigma, split_step=s, epochs1=epochs1, epochs2=50, batch_size1=32,
+    plan = accountant.plan(n, DpConfig(sigma=sigma, split_step=s, epochs1=epochs1, epochs2=50, batch_size1=32,
                                          batch_size2=4096), 1, dim, abar)
     assert math.hypot(plan.mu1, plan.mu2) == pytest.approx(mu)
 
@@ -52,12 +52,12 @@ def test_gdp_duality_calibration_and_composition():
     assert gdp.epsilon_of(0.0, 1e-5) == 0.0 and gdp.epsilon_of(1.0, 1e-5) < gdp.epsilon_of(2.0, 1e-5)
     # sigma calibrated for 4 rounds of a phase I of mu 0.1 spends exactly epsilon 3
     sigma = gdp.sigma_for(3.0, 1e-5, 0.1 * 2, 0.2, 40 * 4)
-    spent = gdp.Spent()
+    spent = accountant.Spent()
     for _ in range(4):
         spent = spent.plus(0.1, gdp.phase2_mu(0.2, 40, sigma), sigma, 0.2, 40)
     assert spent.epsilon(1e-5) == pytest.approx(3.0, rel=1e-6)
     assert len(spent.phase2) == 4 and spent.opacus_epsilon(1e-5) > 0  # opacus' RDP, phase II alone
-    assert gdp.Spent.from_dict(json.loads(json.dumps(spent.to_dict()))) == spent
+    assert accountant.Spent.from_dict(json.loads(json.dumps(spent.to_dict()))) == spent
     with pytest.raises(ValueError, match="phase I alone spends epsilon"):
         gdp.sigma_for(1.0, 1e-5, 5.0, 0.2, 40)
 
@@ -86,7 +86,7 @@ def test_phase_one_is_unconditional_on_late_timesteps_and_phase_two_is_dp_sgd_on
     spy = _Spy(8, 4)
     diffusion = fd.FeatureDiffusion(spy, 8, null_from=900, null_label=3)
     dp = DpConfig(sigma=1.0, noise_multiplicity=3, max_grad_norm=1.0)
-    plan = dp_diffusion.Plan(0.5, 4, 0.5, 4, 1.0, 0.0, 0.0)
+    plan = accountant.Plan(0.5, 4, 0.5, 4, 1.0, 0.0, 0.0)
     scheduler = fd.feature_scheduler(LdmlrConfig(beta_schedule="linear"))
     dp_diffusion.train_two_phase(diffusion, zn, y, plan, dp, scheduler, None, torch.device("cpu"),
                                  torch.Generator().manual_seed(0))
@@ -104,14 +104,14 @@ def test_empty_poisson_batches_still_take_the_noisy_step():
     zn, y = _data(n=5)
     diffusion = fd.build_feature_diffusion(LdmlrConfig(mlp_width=16, mlp_depth=1), 8, 4)
     before = [p.detach().clone() for p in diffusion.parameters()]
-    plan = dp_diffusion.Plan(1e-9, 0, 1e-9, 3, 1.0, 0.0, 0.0)  # every batch empty
+    plan = accountant.Plan(1e-9, 0, 1e-9, 3, 1.0, 0.0, 0.0)  # every batch empty
     dp = DpConfig(sigma=1.0, max_grad_norm=1.0, lr2=0.1)
     losses = dp_diffusion.train_two_phase(diffusion, zn, y, plan, dp, fd.feature_scheduler(LdmlrConfig()),
                                           None, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert losses["dp/loss-phase2"] == 0.0
     moved = [not torch.equal(a, b) for a, b in zip(before, diffusion.parameters(), strict=True)]
     assert all(moved)  # noise reached every parameter
-    non_private = dp_diffusion.Plan(1e-9, 0, 1e-9, 3, None, math.inf, math.inf)
+    non_private = accountant.Plan(1e-9, 0, 1e-9, 3, None, math.inf, math.inf)
     fresh = fd.build_feature_diffusion(LdmlrConfig(mlp_width=16, mlp_depth=1), 8, 4)
     before = [p.detach().clone() for p in fresh.parameters()]
     dp_diffusion.train_two_phase(fresh, zn, y, non_private, dp, fd.feature_scheduler(LdmlrConfig()), None,
@@ -123,7 +123,7 @@ def test_unbounded_features_are_refused():
     zn, y = _data()
     diffusion = fd.build_feature_diffusion(LdmlrConfig(mlp_width=16, mlp_depth=1), 8, 4)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
-        dp_diffusion.train_two_phase(diffusion, zn * 3, y, dp_diffusion.Plan(1, 1, 1, 1, 1.0, 0, 0), DpConfig(),
+        dp_diffusion.train_two_phase(diffusion, zn * 3, y, accountant.Plan(1, 1, 1, 1, 1.0, 0, 0), DpConfig(),
                                      fd.feature_scheduler(LdmlrConfig()), None, torch.device("cpu"),
                                      torch.Generator())
 
@@ -225,7 +225,7 @@ def test_a_client_over_its_budget_refuses_and_the_run_goes_on(tiny_cfg, tmp_path
     cfg = _cfg(tiny_cfg, {"epsilon": 5.0}, min_train_clients=1)
     state = tmp_path / "node0"
     state.mkdir()
-    (state / NODE).write_text(json.dumps(gdp.Spent(mu1_sq=4.0).to_dict()))
+    (state / NODE).write_text(json.dumps(accountant.Spent(mu1_sq=4.0).to_dict()))
     grid = InProcessGrid(app, 3)
     _node(grid, 0).node_config["state-dir"] = str(state)
     summary = run_experiment(grid, cfg, tmp_path / "run")
@@ -236,7 +236,7 @@ def test_a_client_over_its_budget_refuses_and_the_run_goes_on(tiny_cfg, tmp_path
                and "it does not train" in f["reason"] for f in failures)
     rows = _rows(tmp_path / "run")
     assert "train/fedddpm/epsilon-client0" not in rows[2] and rows[2]["train/fedddpm/epsilon-client1"] <= 5.0 + 1e-9
-    spent = gdp.Spent.from_dict(json.loads((state / NODE).read_text()))
+    spent = accountant.Spent.from_dict(json.loads((state / NODE).read_text()))
     assert spent.mu1_sq == 4.0 and not spent.phase2  # a refusal spends nothing
     assert (tmp_path / "run" / "client_state" / _ledger(cfg, 1)).exists()  # a simulated client's, in the run
 
@@ -257,7 +257,7 @@ def test_the_budget_is_the_clients_a_renamed_experiment_continues_and_a_greedier
         return g
 
     run_experiment(grid(), cfg, tmp_path / "first")
-    first = gdp.Spent.from_dict(json.loads((states[1] / NODE).read_text())).epsilon(cfg.dp.delta)
+    first = accountant.Spent.from_dict(json.loads((states[1] / NODE).read_text())).epsilon(cfg.dp.delta)
     assert 0 < first <= 5.0 + 1e-9
     renamed = cfg.model_copy(update={"name": "renamed", "seed": 5})
     with pytest.raises(Exception, match=r"client 1: round 1 would bring its epsilon from 5 .* over the budget"):
@@ -267,7 +267,7 @@ def test_the_budget_is_the_clients_a_renamed_experiment_continues_and_a_greedier
     greedy = _cfg(tiny_cfg, {"epsilon": 20.0}, min_train_clients=1).model_copy(update={"name": "greedy"})
     with pytest.raises(Exception, match=r"over the node's own cap dp-epsilon-max=6.0"):
         run_experiment(grid(cap="6"), greedy, tmp_path / "greedy")
-    after = gdp.Spent.from_dict(json.loads((states[1] / NODE).read_text())).epsilon(cfg.dp.delta)
+    after = accountant.Spent.from_dict(json.loads((states[1] / NODE).read_text())).epsilon(cfg.dp.delta)
     assert after == first  # refusals charge nothing
     capped = InProcessGrid(app, 3)
     for k in range(3):

@@ -21,7 +21,7 @@ from fedgen.diffusion import (
     private_plan,
     train_private,
 )
-from fedgen.privacy import dp_diffusion, gdp
+from fedgen.privacy import accountant, dp_diffusion, gdp
 from fedgen.wire import DIFFUSION_TRAIN, DP_EPSILON, DP_EPSILON_OPACUS, DP_SIGMA, NUM_EXAMPLES, TRAIN_LOSS
 
 CPU = torch.device("cpu")
@@ -107,7 +107,7 @@ def test_phase_one_is_unconditional_above_the_split_and_phase_two_sees_k_draws_b
     calls = _spy(unet)
     x0, y = _images(12)
     dp = DpConfig(sigma=1.0, noise_multiplicity=3, max_grad_norm=1.0, split_step=900)
-    plan = dp_diffusion.Plan(0.5, 2, 0.5, 2, 1.0, 0.0, 0.0)
+    plan = accountant.Plan(0.5, 2, 0.5, 2, 1.0, 0.0, 0.0)
     dp_diffusion.train_phases(unet, image_denoising(x0, y, noise_scheduler(TINY), 10), plan, dp, 1000, CPU,
                               torch.Generator().manual_seed(0))
     phase1 = [c for c in calls if (c[1] == 10).all()]
@@ -129,7 +129,7 @@ def _private_round(physical, penalties=(), sigma=1.0, clip=1.0, seed=0):
     x0, y = _images(24)
     dp = DpConfig(sigma=sigma, max_grad_norm=clip, noise_multiplicity=2, epochs1=0, split_step=1000,
                   physical_batch_size=physical, lr2=1e-2)
-    plan = dp_diffusion.Plan(1.0, 0, 0.5, 3, sigma, 0.0, 0.0)
+    plan = accountant.Plan(1.0, 0, 0.5, 3, sigma, 0.0, 0.0)
     losses = dp_diffusion.train_phases(unet, image_denoising(x0, y, noise_scheduler(TINY), None), plan, dp, 1000,
                                        CPU, torch.Generator().manual_seed(seed), penalties)
     return unet, losses
@@ -215,7 +215,7 @@ def test_a_client_training_every_round_spends_exactly_the_budget(tiny_cfg):
     cfg = tiny_cfg(task="diffusion", rounds=7, diffusion={"unet": "tiny", "image_size": 16},
                    dp={"epsilon": 4, "split_step": 950, "batch_size1": 8, "epochs1": 1, "batch_size2": 64})
     plan = private_plan(300, cfg, 16)
-    spent = gdp.Spent()
+    spent = accountant.Spent()
     for _ in range(cfg.rounds):
         spent = spent.plus(plan.mu1, plan.mu2, plan.sigma, plan.q2, plan.steps2)
     assert spent.epsilon(cfg.dp.delta) == pytest.approx(4, rel=1e-6)
@@ -254,7 +254,7 @@ def test_a_private_fedavg_ddpm_run_stays_within_its_budget_and_sends_only_weight
     rows = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
     largest = [max(m.content["metrics"][DP_EPSILON] for m in replies[4 * r:4 * r + 4]) for r in range(2)]
     assert [rows[1][f"train/{DP_EPSILON}"], rows[2][f"train/{DP_EPSILON}"]] == largest  # the round's largest
-    ledgers = [gdp.Spent.from_dict(json.loads(p.read_text()))
+    ledgers = [accountant.Spent.from_dict(json.loads(p.read_text()))
                for p in (tmp_path / "run" / "client_state").glob("dp-spent-*.json")]
     assert len(ledgers) == len({m.metadata.src_node_id for m in replies})  # one per client that trained
     assert privacy["epsilon"] == pytest.approx(max(s.epsilon(1e-5) for s in ledgers))

@@ -74,13 +74,13 @@ class ExperimentConfig(Section):
         """Phase I's charge on the trained images, for any client: where it overflows a float it is infinite, so
         phase I alone spends an infinite epsilon whatever a client holds."""
         from fedgen.diffusion import noise_scheduler
-        from fedgen.privacy import dp_diffusion, gdp
+        from fedgen.privacy import accountant
 
         dp, side = self.dp, self.diffusion.image_size or self.data.image_side
-        mu1 = gdp.phase1_mu(1.0, 1, 3 * side**2, dp_diffusion.abar_at(noise_scheduler(self.diffusion), dp.split_step))
-        if mu1 == float("inf"):
-            raise ValueError(f"dp.split_step={dp.split_step} on {side}x{side} RGB images: "
-                             f"{gdp.phase1_over(mu1, dp.epsilon, dp.delta)}")
+        abar = accountant.abar_at(noise_scheduler(self.diffusion), dp.split_step)
+        refusal = accountant.phase1_unbounded(3 * side**2, abar, dp)
+        if refusal is not None:
+            raise ValueError(f"dp.split_step={dp.split_step} on {side}x{side} RGB images: {refusal}")
 
     def to_json(self) -> str:
         return self.model_dump_json()

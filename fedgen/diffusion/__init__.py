@@ -176,11 +176,11 @@ def image_denoising(x0: torch.Tensor, labels: torch.Tensor, scheduler: DDPMSched
 
 
 def private_plan(num_examples: int, cfg: ExperimentConfig, image_size: int):
-    """This round's :class:`fedgen.privacy.dp_diffusion.Plan` for a client with ``num_examples`` images:
+    """This round's :class:`fedgen.privacy.accountant.Plan` for a client with ``num_examples`` images:
     d = 3 x size x size, images in [-1, 1]."""
-    from fedgen.privacy import dp_diffusion
-    abar = dp_diffusion.abar_at(noise_scheduler(cfg.diffusion), cfg.dp.split_step)
-    return dp_diffusion.plan(num_examples, cfg.dp, cfg.rounds, 3 * image_size**2, abar)
+    from fedgen.privacy import accountant
+    abar = accountant.abar_at(noise_scheduler(cfg.diffusion), cfg.dp.split_step)
+    return accountant.plan(num_examples, cfg.dp, cfg.rounds, 3 * image_size**2, abar)
 
 
 def train_private(model: UNet2DModel, data: ImageSet, cfg: ExperimentConfig, p, device: torch.device, seed: int,

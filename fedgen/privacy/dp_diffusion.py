@@ -10,7 +10,8 @@ Data arrive bounded in [-1, 1]^d (phase I's bound assumes it). Each round a clie
   over K (``noise_multiplicity``) draws of (t, noise) before its gradient is clipped (dp-promise's noise
   multiplicity; the accountant does not count it).
 
-What a model needs is a :class:`Denoising`: how to draw a batch's (t, noise, labels) and the loss of a drawn batch.
+A round's plan (rates, steps, noise) is :func:`fedgen.privacy.accountant.plan`'s. What a model needs is a
+:class:`Denoising`: how to draw a batch's (t, noise, labels) and the loss of a drawn batch.
 The feature denoiser sees a (batch, K, d) tensor and opacus' per-sample gradients of its linear layers sum over the K
 axis (hooks); the U-Net sees the K draws as batch * K images, opacus computes per-sample gradients with functorch
 (its hook-based conv samplers give wrong, zero, gradients for diffusers' U-Net blocks: a test holds this), and each
@@ -29,7 +30,6 @@ non-private reference).
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,22 +42,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedgen.compat.opacus import remove_hooks
 from fedgen.config import DpConfig
 from fedgen.diffusion import features as fd
-from fedgen.privacy import gdp
+from fedgen.privacy.accountant import Plan
 from fedgen.train import Penalty
-
-
-@dataclass(frozen=True)
-class Plan:
-    """One client's round of private training: its sampling rates, step counts, noise and privacy charge."""
-
-    q1: float
-    steps1: int
-    q2: float
-    steps2: int
-    sigma: float | None
-    """The noise multiplier (None: non-private)."""
-    mu1: float
-    mu2: float
 
 
 @dataclass(frozen=True)
@@ -75,29 +61,6 @@ class Denoising:
     each example's K rows before clipping. False: the K draws are an inner axis the per-sample gradients sum over."""
     grad_sample_mode: str = "hooks"
     """opacus' per-sample gradient engine for this model ('hooks' or 'functorch')."""
-
-
-def abar_at(scheduler, step: int) -> float:
-    """abar at the split S: the cumulative alpha of the last phase-II timestep's successor (the official
-    ``alphas_cumprod[S - 1]``)."""
-    return float(scheduler.alphas_cumprod[step - 1])
-
-
-def plan(n: int, dp: DpConfig, rounds: int, dim: int, abar_s: float) -> Plan:
-    """A client with ``n`` examples of dimension ``dim``: q = 1 / ceil(n / batch) and ``epochs * ceil(n / batch)``
-    steps per phase (the official loaders' counts); sigma as configured, or calibrated so that ``rounds`` such rounds
-    spend exactly the budget (a client trains in at most every round)."""
-    if n < 1:
-        raise ValueError("cannot train on an empty dataset")
-    per1, per2 = math.ceil(n / dp.batch_size1), math.ceil(n / dp.batch_size2)
-    q1, steps1, q2, steps2 = 1 / per1, dp.epochs1 * per1, 1 / per2, dp.epochs2 * per2
-    mu1 = gdp.phase1_mu(q1, steps1, dim, abar_s)
-    sigma = dp.sigma
-    if sigma is None and dp.epsilon is not None:
-        sigma = gdp.sigma_for(dp.epsilon, dp.delta, mu1 * math.sqrt(rounds), q2, steps2 * rounds)
-    private = dp.private
-    return Plan(q1, steps1, q2, steps2, sigma if private else None, mu1 if private else math.inf,
-                gdp.phase2_mu(q2, steps2, sigma) if private else math.inf)
 
 
 def _poisson(n: int, q: float, gen: torch.Generator) -> torch.Tensor:

@@ -9,15 +9,15 @@ Training runs in two phases over the diffusion timesteps, split at S:
     mu = sqrt(mu_1^2 + mu_2^2)
 
 (q the Poisson sampling rates, n the step counts, abar_S the cumulative alpha at S). Both are the central-limit
-composition of subsampled mechanisms, so they compose over rounds by adding mu^2 (:class:`Spent`). A mu-GDP
-mechanism is (epsilon, delta)-DP for every epsilon with delta = Phi(-epsilon/mu + mu/2) - e^epsilon
-Phi(-epsilon/mu - mu/2) (Dong, Roth and Su's duality), solved here for epsilon.
+composition of subsampled mechanisms, so they compose over rounds by adding mu^2 (what
+:mod:`fedgen.privacy.accountant` plans, composes and charges with these formulas). A mu-GDP mechanism is
+(epsilon, delta)-DP for every epsilon with delta = Phi(-epsilon/mu + mu/2) - e^epsilon Phi(-epsilon/mu - mu/2)
+(Dong, Roth and Su's duality), solved here for epsilon.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 from scipy import optimize
 from scipy.stats import norm
@@ -83,40 +83,3 @@ def sigma_for(epsilon: float, delta: float, mu1: float, q2: float, steps2: int) 
         raise phase1_over(mu1, epsilon, delta)
     mu2 = math.sqrt(mu**2 - mu1**2)
     return 1 / math.sqrt(math.log1p(mu2**2 / (q2**2 * steps2)))
-
-
-@dataclass
-class Spent:
-    """A client's privacy spending, composed over the rounds it trained in."""
-
-    mu1_sq: float = 0.0
-    mu2_sq: float = 0.0
-    phase2: list[tuple[float, float, int]] = field(default_factory=list)
-    """(sigma, q, steps) of each round's DP-SGD, for opacus' own accountant."""
-
-    @property
-    def mu(self) -> float:
-        return math.sqrt(self.mu1_sq + self.mu2_sq)
-
-    def epsilon(self, delta: float) -> float:
-        return epsilon_of(self.mu, delta)
-
-    def plus(self, mu1: float, mu2: float, sigma: float | None, q2: float, steps2: int) -> Spent:
-        """The spending after one more round."""
-        history = self.phase2 + ([(sigma, q2, steps2)] if sigma is not None and steps2 else [])
-        return Spent(self.mu1_sq + mu1**2, self.mu2_sq + mu2**2, history)
-
-    def opacus_epsilon(self, delta: float) -> float:
-        """Phase II alone through opacus' RDP accountant (a cross-check: it does not know phase I)."""
-        from fedgen.compat.opacus import rdp_accountant
-
-        if not self.phase2:
-            return 0.0
-        return float(rdp_accountant(self.phase2).get_epsilon(delta))
-
-    def to_dict(self) -> dict:
-        return {"mu1_sq": self.mu1_sq, "mu2_sq": self.mu2_sq, "phase2": [list(h) for h in self.phase2]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Spent:
-        return cls(float(d["mu1_sq"]), float(d["mu2_sq"]), [(float(s), float(q), int(n)) for s, q, n in d["phase2"]])

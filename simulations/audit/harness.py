@@ -16,10 +16,9 @@ from fedgen.config import ConfigError, ExperimentConfig, load_config
 from fedgen.data import Federation, ImageSet, load_federation
 from fedgen.diffusion import conditioning, noise_scheduler, resize
 from fedgen.diffusion import features as fd
-from fedgen.privacy import audit, dp_diffusion
+from fedgen.privacy import accountant, audit
 from fedgen.results import read_rounds
 from fedgen.train import resolve_device
-from fedgen.wire import DP_EPSILON
 from strategies.fedddpm import DPDIFFUSION_TRAIN
 from strategies.local import CLIENT_MODELS
 
@@ -130,21 +129,18 @@ class Target:
         """A client's training examples; None: every client's."""
         return self.fed.pooled_train() if client is None else self.fed.client(client)[0]
 
-    def plan(self, n: int):
-        """The plan of a client with n examples in this run (sigma as the run calibrated it)."""
+    def plan(self, n: int) -> accountant.Plan:
+        """The plan of a client with n examples in this run (sigma as the run calibrated it): images of
+        3 x size x size, or the denoiser's features."""
         cfg = self.cfg
-        if self.image:
-            from fedgen.diffusion import private_plan
-            return private_plan(n, cfg, self.model.config.sample_size)
-        d = self.model.diffusion.mean.numel()
-        return dp_diffusion.plan(n, cfg.dp, cfg.rounds, d, dp_diffusion.abar_at(self.scheduler, cfg.dp.split_step))
+        d = 3 * self.model.config.sample_size**2 if self.image else self.model.diffusion.mean.numel()
+        return accountant.plan(n, cfg.dp, cfg.rounds, d, accountant.abar_at(self.scheduler, cfg.dp.split_step))
 
 
 def spent_epsilon(run_dir: Path) -> float | None:
-    """The largest epsilon any client reported spending in the run (rounds.jsonl: the diffusion task's clients'
-    'train/dp-epsilon', FedDDPM's 'epsilon')."""
-    values = [r[k] for r in read_rounds(run_dir) for k in (f"train/{DP_EPSILON}", "epsilon") if r.get(k) is not None]
-    return max(values) if values else None
+    """The largest epsilon any client reported spending in the run (:func:`fedgen.privacy.accountant.largest` over
+    rounds.jsonl's :data:`~fedgen.privacy.accountant.RUN_KEYS`)."""
+    return accountant.largest(read_rounds(run_dir), accountant.RUN_KEYS)
 
 
 def run_dirs(path: Path) -> list[Path]:

@@ -31,7 +31,7 @@ from fedgen import fedddpm, ldmlr
 from fedgen.compat.flower import check_and_log_replies
 from fedgen.diffusion import features as fd
 from fedgen.feddf import average
-from fedgen.privacy import dp_diffusion
+from fedgen.privacy import accountant
 from fedgen.train import fit
 from fedgen.wire import (
     CONTEXT_ARRAYS,
@@ -126,7 +126,7 @@ class FedDDPM(FedAvg):
         model, gen = self.model(self._global), self._gen(server_round)
         contents = [m.content for m in valid]
         metrics = self._privacy(contents)
-        self.epsilon_max = max(self.epsilon_max, metrics.get("fedddpm/epsilon-max", 0.0))
+        self.epsilon_max = accountant.largest_of((self.epsilon_max, metrics.get("fedddpm/epsilon-max")))
         self.rounds_trained += 1
         counts = [int(c["metrics"][NUM_EXAMPLES]) for c in contents]
         public_z, public_y = self.public(model)
@@ -164,16 +164,16 @@ class FedDDPM(FedAvg):
         return ArrayRecord(model.cpu().state_dict()), MetricRecord(metrics)
 
     def _privacy(self, contents: list[RecordDict]) -> dict[str, float]:
-        """Each client's epsilon so far, and the largest."""
+        """Each client's epsilon so far, and the largest (:func:`fedgen.privacy.accountant.largest`)."""
         out: dict[str, float] = {}
         for c in contents:
             m = c["metrics"]
             if DP_EPSILON in m:
                 out[f"fedddpm/epsilon-client{int(m[PARTITION_ID])}"] = float(m[DP_EPSILON])
                 out[f"fedddpm/epsilon-opacus-client{int(m[PARTITION_ID])}"] = float(m[DP_EPSILON_OPACUS])
-        eps = [v for k, v in out.items() if k.startswith("fedddpm/epsilon-client")]
-        if eps:
-            out["fedddpm/epsilon-max"] = max(eps)
+        largest = accountant.largest([c["metrics"] for c in contents], (DP_EPSILON,))
+        if largest is not None:
+            out["fedddpm/epsilon-max"] = float(largest)
         return out
 
     def _refresh(self, model, server_round: int, gen: torch.Generator) -> dict[str, float]:
@@ -230,12 +230,9 @@ def build(ctx) -> FedDDPM:
     cfg, fed = ctx.cfg, ctx.fed
     if cfg.dp.epsilon is not None and cfg.dp.sigma is None:
         dim = ldmlr.head_of(fedddpm.model_fn(cfg, fed)().classifier).in_features
-        abar = dp_diffusion.abar_at(fd.feature_scheduler(cfg.ldmlr), cfg.dp.split_step)
-        for k in range(fed.num_clients):
-            try:
-                dp_diffusion.plan(len(fed.client(k)[0]), cfg.dp, cfg.rounds, dim, abar)
-            except ValueError as err:
-                raise ValueError(f"client {k}: {err}") from None
+        abar = accountant.abar_at(fd.feature_scheduler(cfg.ldmlr), cfg.dp.split_step)
+        accountant.check_clients((len(fed.client(k)[0]) for k in range(fed.num_clients)), cfg.dp, cfg.rounds, dim,
+                                 abar)
     return FedDDPM(ctx, **ctx.sampling())
 
 
@@ -255,13 +252,13 @@ class PrivateTask(ldmlr.LongTailTask):
     def __init__(self, ctx, strategy: FedDDPM) -> None:
         super().__init__(replace(ctx, model_fn=strategy.model_fn), strategy)
         self.strategy = strategy
-        extra = ("epsilon", "rounds-trained") if ctx.cfg.dp.private else ("rounds-trained",)
+        extra = (accountant.EPSILON_COLUMN, "rounds-trained") if ctx.cfg.dp.private else ("rounds-trained",)
         self.columns, self.report = (*self.columns, *extra), (*self.report, *extra)
 
     def scores(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         out = super().scores(state)
-        if "epsilon" in self.columns:
-            out["epsilon"] = self.strategy.epsilon_max
+        if accountant.EPSILON_COLUMN in self.columns:
+            out[accountant.EPSILON_COLUMN] = self.strategy.epsilon_max
         out["rounds-trained"] = float(self.strategy.rounds_trained)
         return out
 
