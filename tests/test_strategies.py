@@ -90,8 +90,8 @@ def test_client_sampling_follows_the_seed_alone(tiny_cfg):
     from flwr.app import ConfigRecord as Config
 
     from fedgen.comm import ByteLedger
+    from simulations.experiment import seed_everything
     from simulations.grid import AccountedGrid
-    from simulations.server_app import seed_everything
     from strategies import RunContext, method
 
     cfg = tiny_cfg(data={"num_clients": 6}, strategy={"fraction_train": 0.3, "min_train_clients": 2})
