@@ -38,7 +38,7 @@ def train_unet(msg: Message, context: Context, architecture: Callable[[nn.Module
     data, _ = fed.client(pid)
     device = resolve_device(cfg.device)
     model = architecture(unet_fn(cfg, fed)())
-    update = LocalUpdate(msg, context, pid, model, len(data), device)
+    update = LocalUpdate(msg, context, pid, model, len(data), device, cfg.strategy.name)
     rnd = server_round(msg)
     seed = client_seed(cfg.seed, rnd, pid)
     if not cfg.dp.private:

@@ -11,7 +11,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 
 from clients.common import client_data, server_round
 from clients.local_update import LocalUpdate
-from fedgen.models import build_model
+from fedgen.models import classifier
 from fedgen.train import client_seed, resolve_device
 from fedgen.train import evaluate as evaluate_model
 from fedgen.train import train as train_model
@@ -21,7 +21,7 @@ from fedgen.wire import DOMAIN_CORRECT, DOMAIN_COUNT, EVAL_ACC, EVAL_LOSS, MODEL
 def _model(cfg, fed, msg: Message) -> torch.nn.Module:
     """The architecture the message names (FedDF's groups), else the experiment's."""
     name = str(msg.content["config"].get(MODEL_NAME, cfg.model.name))
-    return build_model(name, fed.num_classes, cfg.model.norm, fed.image_shape[-1])
+    return classifier(cfg, fed, name)
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -29,7 +29,7 @@ def train(msg: Message, context: Context) -> Message:
     data, _ = fed.client(pid)
     device = resolve_device(cfg.device)
     model = _model(cfg, fed, msg)
-    update = LocalUpdate(msg, context, pid, model, len(data), device)
+    update = LocalUpdate(msg, context, pid, model, len(data), device, cfg.strategy.name)
     seed = client_seed(cfg.seed, server_round(msg), pid)
     return update.reply(train_model(model, data, cfg.train, device, seed=seed, penalties=update.penalties))
 

@@ -20,6 +20,6 @@ def train(msg: Message, context: Context) -> Message:
     data, _ = fed.client(pid)
     device = resolve_device(cfg.device)
     model = ldmlr.model_fn(cfg, fed)()
-    update = LocalUpdate(msg, context, pid, model, len(data), device)
+    update = LocalUpdate(msg, context, pid, model, len(data), device, cfg.strategy.name)
     seed = client_seed(cfg.seed, server_round(msg), pid)
     return update.reply(ldmlr.train(model, data, cfg, device, seed, update.penalties))

@@ -8,17 +8,23 @@ The server's message says which terms apply:
   kept on the client and its change dc_i goes back beside the model;
 - 'moon-mu': MOON's contrastive term, against the client's previous model, kept on the client.
 Client state is kept per round and continues from the round the server names (:mod:`clients.state`).
+
+A method of its own adds terms without editing this module: its :attr:`strategies.Method.local_terms` name functions
+('module:function') that take the :class:`LocalUpdate` and add to :attr:`LocalUpdate.penalties`, keep state with
+:meth:`LocalUpdate.load_state` / :meth:`LocalUpdate.save_state`, and finish with :meth:`LocalUpdate.on_reply`.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from importlib import import_module
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 
+import strategies
 from clients import state as client_state
 from fedgen import feddyn, moon, scaffold
 from fedgen.train import Penalty, TrainResult, proximal_penalty
@@ -40,7 +46,7 @@ class LocalUpdate:
     finishes the terms' state and answers with the trained model."""
 
     def __init__(self, msg: Message, context: Context, pid: int, model: nn.Module, num_examples: int,
-                 device: torch.device) -> None:
+                 device: torch.device, method: str) -> None:
         self.msg, self.context, self.pid, self.device = msg, context, pid, device
         state, control = scaffold.split(msg.content["arrays"].to_torch_state_dict())
         model.load_state_dict(state)
@@ -60,24 +66,33 @@ class LocalUpdate:
             self._scaffold(control)
         if MOON_MU in config:
             self._moon(float(config[MOON_MU]), float(config[MOON_TAU]))
+        for target in strategies.method(method).local_terms:
+            module, func = target.split(":")
+            getattr(import_module(module), func)(self)
 
-    def _load(self, name: str) -> list[torch.Tensor] | None:
+    def on_reply(self, finish: Callable[[TrainResult], dict[str, torch.Tensor]]) -> None:
+        """Run ``finish`` after training, before the reply: it may save state, and returns arrays the reply carries
+        beside the model."""
+        self._finish.append(finish)
+
+    def load_state(self, name: str) -> list[torch.Tensor] | None:
+        """The tensors this client saved under ``name`` in the round the server names, on the device; None if none."""
         saved = client_state.load(self.msg, self.context, name, self.pid)
         return [t.to(self.device) for t in saved] if saved else None
 
-    def _save(self, name: str, tensors: list[torch.Tensor]) -> None:
+    def save_state(self, name: str, tensors: list[torch.Tensor]) -> None:
         client_state.save(self.msg, self.context, name, self.pid, tensors)
 
     def _feddyn(self, alpha: float) -> None:
-        grads = self._load(FEDDYN_STATE) or [torch.zeros_like(p) for p in self.global_params]
+        grads = self.load_state(FEDDYN_STATE) or [torch.zeros_like(p) for p in self.global_params]
         self.penalties.append(feddyn.client_penalty(self.global_params, grads, alpha))
 
         def finish(result: TrainResult) -> dict[str, torch.Tensor]:
             local = [p.detach() for p in self.model.parameters()]
-            self._save(FEDDYN_STATE, feddyn.client_state_update(grads, local, self.global_params, alpha))
+            self.save_state(FEDDYN_STATE, feddyn.client_state_update(grads, local, self.global_params, alpha))
             return {}
 
-        self._finish.append(finish)
+        self.on_reply(finish)
 
     def _scaffold(self, control: dict[str, torch.Tensor]) -> None:
         names = [n for n, _ in self.model.named_parameters()]
@@ -85,21 +100,21 @@ class LocalUpdate:
             raise ValueError(f"SCAFFOLD's server control has keys {sorted(set(control) ^ set(names))[:5]} that are "
                              f"not the model's trainable parameters")
         c = [control[n].to(self.device) for n in names]
-        c_i = self._load(SCAFFOLD_STATE) or [torch.zeros_like(t) for t in c]
+        c_i = self.load_state(SCAFFOLD_STATE) or [torch.zeros_like(t) for t in c]
         self.penalties.append(scaffold.correction(c, c_i))
 
         def finish(result: TrainResult) -> dict[str, torch.Tensor]:
             local = [p.detach() for p in self.model.parameters()]
             new, delta = scaffold.client_control_update(c_i, c, self.global_params, local, result.lr_sum)
-            self._save(SCAFFOLD_STATE, new)
+            self.save_state(SCAFFOLD_STATE, new)
             return scaffold.join({}, {n: d.cpu() for n, d in zip(names, delta, strict=True)})
 
-        self._finish.append(finish)
+        self.on_reply(finish)
 
     def _moon(self, mu: float, tau: float) -> None:
         global_model = copy.deepcopy(self.model)
         previous = copy.deepcopy(self.model)
-        saved = self._load(MOON_STATE)
+        saved = self.load_state(MOON_STATE)
         if saved:  # before a first aggregated update, the global model stands in (the official code's choice)
             previous.load_state_dict(dict(zip(previous.state_dict(), saved, strict=True)))
         contrast = moon.ModelContrast(self.model, global_model, previous, mu, tau)
@@ -107,10 +122,10 @@ class LocalUpdate:
 
         def finish(result: TrainResult) -> dict[str, torch.Tensor]:
             contrast.close()
-            self._save(MOON_STATE, list(self.model.state_dict().values()))
+            self.save_state(MOON_STATE, list(self.model.state_dict().values()))
             return {}
 
-        self._finish.append(finish)
+        self.on_reply(finish)
 
     def reply(self, result: TrainResult, metrics: dict[str, float] | None = None) -> Message:
         """The trained model and the terms' arrays; 'train-loss', 'num-examples' and ``metrics``."""

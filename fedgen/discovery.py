@@ -21,6 +21,8 @@ import pkgutil
 from importlib import import_module
 from importlib.metadata import entry_points
 
+from fedgen.config.base import ConfigError
+
 BUILTIN = "strategies"
 ENV = "FEDGEN_METHODS"
 GROUP = "fedgen.methods"
@@ -42,7 +44,7 @@ def _package_modules(name: str) -> list[str]:
     try:
         module = import_module(name)
     except ImportError as err:
-        raise ImportError(f"{ENV} names {name!r}, which cannot be imported ({err}); it must be a module or package "
+        raise ConfigError(f"{ENV} names {name!r}, which cannot be imported ({err}); it must be a module or package "
                           "on sys.path") from err
     if not hasattr(module, "__path__"):
         return [name]

@@ -39,6 +39,9 @@ class Method:
     secure_roles: ClassVar[Mapping[str, str]] = {}
     """Name -> 'module:function' of what a client computes only under SecAgg+ (:mod:`clients.secure`): a function
     (config, context) -> list of integer arrays, summed securely."""
+    local_terms: ClassVar[tuple[str, ...]] = ()
+    """'module:function' terms its clients add to the task's local training, beyond those the shared local update
+    reads from the message (FedProx, FedDyn, SCAFFOLD, MOON): see :mod:`clients.local_update`."""
     query: ClassVar[tuple[str, ...]] = ()
     """Client facts the server's algorithm uses, asked before round 1 beside the partition id and the example
     counts every run needs (e.g. wire.LABEL_HISTOGRAM)."""

@@ -18,7 +18,7 @@ import strategies
 from clients.app import app, build_app
 from fedgen import discovery
 from fedgen.comm import DOWN, UP
-from fedgen.config import SECTIONS, validate
+from fedgen.config import SECTIONS, ConfigError, validate
 from fedgen.data import load_federation
 from fedgen.wire import SERVER_ROUND
 from simulations.server_app import run_experiment
@@ -33,7 +33,8 @@ def toy_method(monkeypatch):
     """The toy method, discovered as a user's would be; forgotten afterwards, so that other tests see only fedgen's."""
     monkeypatch.setenv(discovery.ENV, "toymethod")
     yield strategies.method("toy")
-    del strategies.METHODS["toy"], SECTIONS["toy"]
+    for name in ("toy", "toyshrink"):
+        del strategies.METHODS[name], SECTIONS[name]
     for name in [n for n in sys.modules if n.startswith("toymethod")]:
         del sys.modules[name]
         discovery._imported.discard(name)
@@ -63,9 +64,20 @@ def test_a_method_is_added_by_files_alone(toy_method):
         validate({"strategy": {"name": "toy", "proximal_mu": 0.1}})
 
 
+def test_a_method_adds_a_term_to_local_training_by_its_own_files(toy_method, tiny_cfg, tmp_path):
+    """Shrink is Flower's FedAvg plus a weight-norm term of its own on the clients: the term is applied (the global
+    model shrinks against FedAvg's from the same start), and nothing else changes."""
+    norms = {}
+    for name in ("fedavg", "toyshrink"):
+        run_experiment(InProcessGrid(build_app(), 3), tiny_cfg(rounds=1, strategy={"name": name}), tmp_path / name)
+        state = torch.load(tmp_path / name / "model.pt")
+        norms[name] = float(sum((v.float() ** 2).sum() for k, v in state.items() if "weight" in k))
+    assert norms["toyshrink"] < 0.9 * norms["fedavg"]
+
+
 def test_fedgen_names_a_missing_method_module(monkeypatch):
     monkeypatch.setenv(discovery.ENV, "no_such_method_module")
-    with pytest.raises(ImportError, match="FEDGEN_METHODS names 'no_such_method_module'"):
+    with pytest.raises(ConfigError, match="FEDGEN_METHODS names 'no_such_method_module'"):
         discovery.discover_methods()
 
 
@@ -267,23 +279,23 @@ def test_feddyn_client_state_follows_only_aggregated_updates(tiny_cfg, tmp_path,
 # --- nodes that go away --------------------------------------------------------------------------------------------
 def test_a_round_goes_on_with_the_nodes_still_connected(tiny_cfg, tmp_path):
     """A node that leaves after round 1 (a dead SuperNode) is not waited for: later rounds sample the others."""
-    from simulations import server_app
+    from fedgen.results import RunRecorder
 
     grid = InProcessGrid(app, 3)
     pid_of = {n: c.node_config["partition-id"] for n, c in grid.contexts.items()}
     gone = next(n for n, p in pid_of.items() if p == 2)
-    real_after = server_app.RunRecorder.record_round
+    real_after = RunRecorder.record_round
 
     def leave_after_round_1(self, rnd, scores, extras):
         if rnd == 1:
             grid.contexts.pop(gone)
         return real_after(self, rnd, scores, extras)
 
-    server_app.RunRecorder.record_round = leave_after_round_1
+    RunRecorder.record_round = leave_after_round_1
     try:
         summary = run_experiment(grid, tiny_cfg(rounds=2), tmp_path / "run")
     finally:
-        server_app.RunRecorder.record_round = real_after
+        RunRecorder.record_round = real_after
     trained = [pid_of[m.metadata.dst_node_id] for m in grid.delivered if m.metadata.message_type == "train"]
     rounds = [sorted(trained[:3]), sorted(trained[3:])]  # sampled in random order
     assert rounds == [[0, 1, 2], [0, 1]] and summary["status"] == "finished"

@@ -1,6 +1,6 @@
-"""The toy method: its config section, its wire names, its strategy, its scoring and its registration, in one file.
+"""The toy methods: their config sections, wire names, strategies, scoring and registration, in one file.
 
-Each round it asks every node twice (two message types), averages the replies into one 'model' (a scalar), and
+Toy: each round it asks every node twice (two message types), averages the replies into one 'model' (a scalar), and
 records a made-up edge -> cloud upload in the byte ledger under its own tier.
 """
 
@@ -11,13 +11,14 @@ from typing import Literal
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedgen.comm import UP
 from fedgen.config import StrategyConfig
 from fedgen.tasks import Headline, Task
 from fedgen.wire import SERVER_ROUND
 from strategies import Method
+from strategies.fedavg import flower
 
 TRAIN_TOY, QUERY_TOY = "train.toy", "query.toy"
 VALUE = "value"
@@ -83,3 +84,17 @@ class Toy(Method):
 
     def initial(self, ctx):
         return {VALUE: torch.zeros(1)}
+
+
+class ShrinkConfig(StrategyConfig):
+    """A second toy: Flower's FedAvg, with a term of its own in the clients' local training."""
+
+    name: Literal["toyshrink"] = "toyshrink"
+    shrink: float = 10.0
+    """Weight of (shrink / 2) * ||w||^2, added to the task's loss on every client."""
+
+
+class Shrink(Method):
+    section = ShrinkConfig
+    local_terms = ("toymethod.client:shrink_term",)
+    build = staticmethod(flower(FedAvg))
