@@ -1,11 +1,11 @@
 """LDMLR: a classifier whose features a conditional diffusion model learns, so that pseudo-features of rare classes
-train its head (METHODS.md 5a). The math is :mod:`fedgen.diffusion.features`; this module trains and scores.
+train its head (LDMLR, Han et al., 2024). The math is :mod:`fedgen.diffusion.features`; this module trains and scores.
 
 - ``ce``: the classifier alone (the train section), the plain cross-entropy baseline.
 - ``three_stage`` (the official code): (1) E + G on the data; (2) the denoiser on frozen features; (3) G alone on real
   + generated features (Adam).
-- ``e2e`` (the notes): {E, G, theta} in one loop, L_total = L_real + lambda_sem L_sem + gamma_ge L_ge, by schedule A
-  (joint, semantic weights warmed up), B (alternating diffusion / classifier steps) or C (progressive).
+- ``e2e`` (fedgen's variant): {E, G, theta} in one loop, L_total = L_real + lambda_sem L_sem + gamma_ge L_ge, by
+  schedule A (joint, semantic weights warmed up), B (alternating diffusion / classifier steps) or C (progressive).
 
 The task (``task: ldmlr``) scores the classifier on the balanced global test split, overall and per band of classes
 (many / medium / few by training frequency), and the denoiser by the Frechet distance of its pseudo-features to the
@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from fedgen import models
 from fedgen.config import ExperimentConfig, LdmlrConfig
 from fedgen.data import Federation
 from fedgen.data.images import ImageSet
 from fedgen.diffusion import features as fd
-from fedgen.models import build_model
 from fedgen.tasks import ClassifierTask
 from fedgen.train import Penalty, TrainResult, fit, loader
 
@@ -72,7 +72,7 @@ def model_fn(cfg: ExperimentConfig, fed: Federation, null_from: int | None = Non
     timesteps, :func:`fedgen.diffusion.features.build_feature_diffusion`)."""
 
     def build() -> FeatureClassifier:
-        classifier = build_model(cfg.model.name, fed.num_classes, cfg.model.norm, fed.image_shape[-1])
+        classifier = models.classifier(cfg, fed)
         dim = head_of(classifier).in_features
         return FeatureClassifier(classifier, fd.build_feature_diffusion(cfg.ldmlr, dim, fed.num_classes, null_from))
 

@@ -18,7 +18,7 @@ from fedgen.config import ExperimentConfig
 from fedgen.data import Federation
 from fedgen.data.images import ImageSet
 from fedgen.fedeval import aggregate_evaluations, aggregate_train_metrics
-from fedgen.models import build_model
+from fedgen.models import classifier
 from fedgen.tasks import ClassifierTask, Task
 from fedgen.train import Penalty, TrainResult, train
 from fedgen.wire import DIFFUSION_TRAIN, LDMLR_TRAIN
@@ -81,7 +81,7 @@ class TaskKind:
 
 
 def _classifier(cfg: ExperimentConfig, fed: Federation) -> Callable[[], nn.Module]:
-    return lambda: build_model(cfg.model.name, fed.num_classes, cfg.model.norm, fed.image_shape[-1])
+    return lambda: classifier(cfg, fed)
 
 
 def _classifier_trainer(cfg: ExperimentConfig, device: torch.device) -> Trainer:

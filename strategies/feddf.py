@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from fedgen import feddf
+from fedgen.averaging import average
 from fedgen.compat.flower import check_and_log_replies
 from fedgen.config import (
     ExperimentConfig,
@@ -41,7 +42,7 @@ from fedgen.config import (
 )
 from fedgen.data import Federation
 from fedgen.data.images import to_float
-from fedgen.models import build_model
+from fedgen.models import classifier
 from fedgen.tasks import ClassifierTask, Headline, Task
 from fedgen.wire import MODEL_NAME, NUM_EXAMPLES
 from strategies.method import Method
@@ -181,7 +182,7 @@ class FedDF(FedAvg):
         targets, holdout_targets = self._teacher(self.teachers) if self.distillation else (None, None)
         for g, arch in enumerate(sorted({a for a, _, _ in received})):
             mine = [(state, n) for a, state, n in received if a == arch]
-            start = feddf.average([s for s, _ in mine], [n for _, n in mine] if self.weighted else None)
+            start = average([s for s, _ in mine], [n for _, n in mine] if self.weighted else None)
             if not self.distillation:
                 groups[arch] = start
                 continue
@@ -223,7 +224,7 @@ def architectures(cfg) -> list[str]:
 
 
 def model_fn(cfg, fed: Federation) -> Callable[[str], nn.Module]:
-    return lambda arch: build_model(arch, fed.num_classes, cfg.model.norm, fed.image_shape[-1])
+    return lambda arch: classifier(cfg, fed, arch)
 
 
 def distillation_images(ctx) -> np.ndarray:

@@ -17,10 +17,10 @@ from test_registry import EXPECTED_KEYS
 
 from clients.app import app
 from fedgen import fedphd
+from fedgen.averaging import average
 from fedgen.comm import CLIENT_EDGE, DOWN, EDGE_CLOUD, UP, ByteLedger
 from fedgen.config import ConfigError, DiffusionConfig
 from fedgen.diffusion import build_unet, pruning
-from fedgen.feddf import average
 from fedgen.wire import LABEL_HISTOGRAM, NUM_EXAMPLES
 from simulations.grid import AccountedGrid
 from simulations.server_app import run_experiment

@@ -100,5 +100,7 @@ def build_model(name: str, num_classes: int, norm: str = "batch", image_size: in
     return MODELS[name](num_classes, norm, image_size)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def classifier(cfg, fed, name: str | None = None) -> nn.Module:
+    """A run's classifier for its data (``cfg``: an ExperimentConfig, ``fed``: its Federation), of architecture
+    ``name`` where clients train different ones (FedDF), else ``model.name``: the one call every builder makes."""
+    return build_model(name or cfg.model.name, fed.num_classes, cfg.model.norm, fed.image_shape[-1])

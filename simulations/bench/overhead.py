@@ -15,14 +15,14 @@ from simulations.bench.harness import DIGITS, _round_seconds, run_fedgen
 def bare_fedavg_rounds(cfg, rounds: int) -> list[float]:
     """FedAvg's arithmetic in one process: the same clients, local steps, data and global evaluation, no Flower."""
     from fedgen.data import load_federation
-    from fedgen.models import build_model
+    from fedgen.models import classifier
     from fedgen.train import client_seed, evaluate, resolve_device, train
 
     fed = load_federation(cfg.data, cfg.seed)
     device = resolve_device(cfg.device)  # the device the virtual clients use
 
     def new_model():
-        return build_model(cfg.model.name, fed.num_classes, cfg.model.norm, fed.image_shape[-1])
+        return classifier(cfg, fed)
 
     glob = new_model().state_dict()
     times = []

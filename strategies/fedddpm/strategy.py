@@ -1,4 +1,5 @@
-"""FedDDPM with dp-promise clients: private federated feature diffusion (METHODS.md 5b, 5c; the notes' proposal).
+"""FedDDPM with dp-promise clients: private federated feature diffusion (fedgen's composition of dp-promise clients
+with a FedDDPM server).
 
 Before round 1 the server trains the classifier (encoder E, head G) on its public split alone and fixes the
 features' bounds from it (:func:`prepare`). Each round t:
@@ -28,9 +29,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedgen import fedddpm, ldmlr
+from fedgen.averaging import average
 from fedgen.compat.flower import check_and_log_replies
 from fedgen.diffusion import features as fd
-from fedgen.feddf import average
 from fedgen.privacy import accountant
 from fedgen.train import fit
 from fedgen.wire import (

@@ -30,11 +30,11 @@ from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from fedgen import fedphd
+from fedgen.averaging import average
 from fedgen.comm import DOWN, EDGE_CLOUD, UP, ByteLedger
 from fedgen.compat.flower import check_and_log_replies
 from fedgen.diffusion import pruning
 from fedgen.diffusion.task import DiffusionTask, unet_fn
-from fedgen.feddf import average
 from fedgen.wire import LABEL_HISTOGRAM, NUM_EXAMPLES
 from strategies.fedphd import FEDPHD_TRAIN, PRUNING_PLAN, SPARSE_LAMBDA, FedPhDConfig
 
