@@ -66,12 +66,11 @@ def check_upload(arrays: dict[str, np.ndarray], class_ids: list, shape: tuple[in
     return problems
 
 
-def stack(uploads: list[tuple[int, dict[str, np.ndarray], list[int]]]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """All (client, class) encodings as one float32 (K, seq, hidden) tensor, with their class and client indices.
+def stack(uploads: list[tuple[dict[str, np.ndarray], list[int]]]) -> tuple[torch.Tensor, np.ndarray]:
+    """All (client, class) encodings as one float32 (K, seq, hidden) tensor, with their class indices.
 
-    ``uploads``: (client index, arrays, class ids) per client.
+    ``uploads``: (arrays, class ids) per client.
     """
-    encodings = torch.cat([torch.from_numpy(np.asarray(a[KEY], dtype=np.float32)) for _, a, _ in uploads])
-    classes = np.concatenate([np.asarray(c, dtype=np.int64) for _, _, c in uploads])
-    clients = np.concatenate([np.full(len(c), k, dtype=np.int64) for k, _, c in uploads])
-    return encodings, classes, clients
+    encodings = torch.cat([torch.from_numpy(np.asarray(a[KEY], dtype=np.float32)) for a, _ in uploads])
+    classes = np.concatenate([np.asarray(c, dtype=np.int64) for _, c in uploads])
+    return encodings, classes

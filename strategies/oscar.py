@@ -144,10 +144,10 @@ class Oscar(Strategy):
         if not replies:
             return None, None
         uploads = [  # replies come ordered by partition id
-            (i, {k: a.numpy() for k, a in r.content[oscar.RECORD].items()}, list(r.content["metrics"]["class-ids"]))
-            for i, r in enumerate(replies)
+            ({k: a.numpy() for k, a in r.content[oscar.RECORD].items()}, list(r.content["metrics"]["class-ids"]))
+            for r in replies
         ]
-        encodings, classes, _ = oscar.stack(uploads)
+        encodings, classes = oscar.stack(uploads)
         t0 = time.perf_counter()
         g = self.gen_cfg
         images = self.generator.generate(

@@ -140,5 +140,5 @@ def test_class_means_wire_format_and_checks():
     as_ints = {"encodings": arrays["encodings"].astype(np.int8)}
     wrong_dtype = oscar.check_upload(as_ints, [1, 3], (2, 3), 10, "float16")
     assert wrong_dtype == ["'encodings' is int8, expected float16"]
-    stacked, classes, clients = oscar.stack([(7, arrays, [1, 3]), (9, {"encodings": arrays["encodings"][:1]}, [0])])
-    assert stacked.shape == (3, 2, 3) and classes.tolist() == [1, 3, 0] and clients.tolist() == [7, 7, 9]
+    stacked, classes = oscar.stack([(arrays, [1, 3]), ({"encodings": arrays["encodings"][:1]}, [0])])
+    assert stacked.shape == (3, 2, 3) and classes.tolist() == [1, 3, 0]

@@ -31,10 +31,37 @@ def _client_sets(n_labels: int, n_clients: int, seed: int) -> list[list[str]]:
 
 # --- the IBLT ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n_labels,n_clients", [(1, 2), (7, 2), (10, 50), (50, 13), (120, 7), (200, 50)])
+def iblt_sum(tables, spec):
+    """The cell-wise sum mod p (what SecAgg+ computes in a run): the table of the multiset union."""
+    total = np.zeros(spec.shape, dtype=np.int64)
+    for t in tables:
+        assert t.shape == spec.shape
+        total = (total + t) % spec.prime
+    return total
+
+
+def t5_prompt_model(words: list[str], width: int = 16):
+    """A T5 text-to-text model (the official GPT-FL prompt writer's family) with a word-level tokenizer over
+    ``words``: (model, tokenizer), to save and load back through from_pretrained."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    specials = ["<pad>", "</s>", "<unk>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(words) - set(specials)))}
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    word_level.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", eos_token="</s>",
+                                        unk_token="<unk>")
+    config = T5Config(vocab_size=len(vocab), d_model=width, d_kv=8, d_ff=2 * width, num_layers=1, num_heads=2,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    return T5ForConditionalGeneration(config), tokenizer
+
+
 def test_iblt_round_trip_recovers_the_union_with_multiplicities(n_labels, n_clients):
     spec = iblt.spec_for(n_labels, n_clients)
     sets = _client_sets(n_labels, n_clients, seed=n_labels * 100 + n_clients)
-    found, _ = iblt.decode_with_retries(lambda sp: iblt.add([iblt.encode(s, sp) for s in sets], sp), spec)
+    found, _ = iblt.decode_with_retries(lambda sp: iblt_sum([iblt.encode(s, sp) for s in sets], sp), spec)
     assert found == gptfl.union(sets)
 
 
@@ -45,7 +72,7 @@ def test_iblt_decodes_at_its_capacity_with_high_probability():
     for seed in range(200):
         spec = iblt.spec_for(50, 13, seed=seed)
         try:
-            iblt.decode(iblt.add([iblt.encode(s, spec) for s in sets], spec), spec)
+            iblt.decode(iblt_sum([iblt.encode(s, spec) for s in sets], spec), spec)
         except iblt.DecodeError:
             fails += 1
     assert fails / 200 < 0.12  # about n**2 / (2 m**3) = 4.6% expected here
@@ -68,17 +95,17 @@ def test_iblt_is_linear():
     for name, count in gptfl.union(sets).items():
         for cell in spec.cells_of(name.encode()):
             expected[cell] = (expected[cell] + count * spec.row(name.encode())) % spec.prime
-    assert np.array_equal(iblt.add([iblt.encode(s, spec) for s in sets], spec), expected)
+    assert np.array_equal(iblt_sum([iblt.encode(s, spec) for s in sets], spec), expected)
 
 
 def test_iblt_peel_failure_is_reported_with_a_size_that_works():
     spec = iblt.Spec(capacity=5, prime=iblt.spec_for(5, 4).prime, key_bytes=64, chunk_bytes=3)
     sets = _client_sets(120, 4, seed=3)
     with pytest.raises(iblt.DecodeError, match="capacity 5") as err:
-        iblt.decode(iblt.add([iblt.encode(s, spec) for s in sets], spec), spec)
+        iblt.decode(iblt_sum([iblt.encode(s, spec) for s in sets], spec), spec)
     assert err.value.needed >= len(gptfl.union(sets))
     bigger = iblt.Spec(err.value.needed, spec.prime, 64, 3)
-    assert iblt.decode(iblt.add([iblt.encode(s, bigger) for s in sets], bigger), bigger) == gptfl.union(sets)
+    assert iblt.decode(iblt_sum([iblt.encode(s, bigger) for s in sets], bigger), bigger) == gptfl.union(sets)
 
 
 def test_iblt_refuses_a_label_longer_than_its_keys():
@@ -216,7 +243,6 @@ def test_private_and_plain_collection_agree_and_plain_rejects_bad_replies(secagg
 def test_prompt_writer_loads_a_t5_from_a_directory(tmp_path):
     import torch
 
-    from fedgen.foundation.tiny import t5_prompt_model
 
     model, tokenizer = t5_prompt_model("a photo of the digit seven on a black background".split())
     model.save_pretrained(tmp_path / "t5")

@@ -122,21 +122,3 @@ def sd_pipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-
-
-def t5_prompt_model(words: list[str], width: int = 16):
-    """A T5 text-to-text model (the official GPT-FL prompt writer's family) with a word-level tokenizer over
-    ``words``: (model, tokenizer), to save and load back through from_pretrained."""
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
-
-    specials = ["<pad>", "</s>", "<unk>"]
-    vocab = {w: i for i, w in enumerate(specials + sorted(set(words) - set(specials)))}
-    word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-    word_level.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", eos_token="</s>",
-                                        unk_token="<unk>")
-    config = T5Config(vocab_size=len(vocab), d_model=width, d_kv=8, d_ff=2 * width, num_layers=1, num_heads=2,
-                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    return T5ForConditionalGeneration(config), tokenizer

@@ -126,16 +126,6 @@ def encode(keys: Iterable[str], spec: Spec) -> np.ndarray:
     return table
 
 
-def add(tables: Iterable[np.ndarray], spec: Spec) -> np.ndarray:
-    """The cell-wise sum mod p: the table of the multiset union."""
-    total = np.zeros(spec.shape, dtype=np.int64)
-    for t in tables:
-        if t.shape != spec.shape:
-            raise ValueError(f"IBLT of shape {t.shape}, expected {spec.shape}")
-        total = (total + t) % spec.prime
-    return total
-
-
 def _pure(cell: np.ndarray, spec: Spec) -> bytes | None:
     """The key a cell holds copies of only, or None."""
     p, count = spec.prime, int(cell[0])
