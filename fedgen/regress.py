@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fedgen.config import ConfigError
+from fedgen.markdown import table as markdown_table
 
 TOLERANCE = 0.02
 """How much worse the mean final headline score may get, in the metric's own units (two accuracy points)."""
@@ -142,10 +143,8 @@ def markdown(diffs: list[MethodDiff], old: Report, baseline: str, tolerance: flo
         f"Final {old.metric} ({better} is better), mean over seeds; tolerance {tolerance:g} (or the seeds' spread, "
         f"if larger); bytes up + down over the run.",
         "",
-        f"| method | stored {old.metric} | new {old.metric} | delta | MB stored | MB new | bytes delta "
-        "| wall stored (s) | wall new (s) | wall delta | verdict |",
-        "| --- " * 11 + "|",
     ]
+    rows = []
     for d in diffs:
         o, n = d.old, d.new
 
@@ -160,11 +159,12 @@ def markdown(diffs: list[MethodDiff], old: Report, baseline: str, tolerance: flo
         bytes_delta = _pct(n["bytes"], o["bytes"]) if both else "-"
         wall_delta = _pct(n["wall"], o["wall"]) if both else "-"
         verdict = f"**{d.verdict}**" if d.regressions else d.verdict
-        lines.append(
-            f"| {d.method} | {cell(o, 'final', '.4f')} | {cell(n, 'final', '.4f')} | {delta} "
-            f"| {cell(o, 'bytes', '.2f', 1e-6)} | {cell(n, 'bytes', '.2f', 1e-6)} | {bytes_delta} "
-            f"| {cell(o, 'wall', '.1f')} | {cell(n, 'wall', '.1f')} | {wall_delta} | {verdict} |"
-        )
+        rows.append([d.method, cell(o, "final", ".4f"), cell(n, "final", ".4f"), delta, cell(o, "bytes", ".2f", 1e-6),
+                     cell(n, "bytes", ".2f", 1e-6), bytes_delta, cell(o, "wall", ".1f"), cell(n, "wall", ".1f"),
+                     wall_delta, verdict])
+    lines += markdown_table([
+        "method", f"stored {old.metric}", f"new {old.metric}", "delta", "MB stored", "MB new", "bytes delta",
+        "wall stored (s)", "wall new (s)", "wall delta", "verdict"], rows)
     bad = [d.method for d in diffs if d.regressions]
     lines += ["", f"**{len(bad)} regression(s): {', '.join(bad)}.**" if bad else "No regression."]
     return "\n".join(lines) + "\n"

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fedgen import markdown
 from fedgen.comm import CLIENT_SERVER, LONG_HAUL
+from fedgen.plots import figure
 from fedgen.results import plot_lines, read_rounds
 
 
@@ -148,23 +150,18 @@ def write_report(out_dir: Path, title: str, runs: dict[str, dict[int, Path]], ma
         + (f" MB {LONG_HAUL_COLUMN}: up and down over the links that reach the central server ("
            + " and ".join(LONG_HAUL) + ")." if tiers else ""),
         "",
-        f"| method | final {name} |" + (" vs best |" if to_best else "") + (f" vs {target} |" if to_target else "")
-        + f" best {name} |" + "".join(f" {c} |" for c in shown) + " MB up | MB down |"
-        + "".join(f" MB {t} |" for t in tiers) + " wall time (s) |",
-        "| --- " * (6 + bool(to_best) + bool(to_target) + len(shown) + len(tiers)) + "|",
     ]
-    for label, n, a in rows:
-        lines.append(
-            f"| {label} | {_cell(*a['final'], n, '.4f')} |"
-            + (f" {_versus_cell(label, to_best[label])} |" if to_best else "")
-            + (f" {_versus_cell(label, to_target[label], '-')} |" if to_target else "")
-            + f" {_cell(*a['best'], n, '.4f')} |"
-            + "".join(f" {_cell(*a[c], n, '.4f')} |" for c in shown)
-            + f" {_cell(_mb(a['bytes_up'][0]), _mb(a['bytes_up'][1]), n, '.2f')} "
-            f"| {_cell(_mb(a['bytes_down'][0]), _mb(a['bytes_down'][1]), n, '.2f')} |"
-            + "".join(f" {_cell(_mb(a[t][0]), _mb(a[t][1]), n, '.2f')} |" for t in tiers)
-            + f" {_cell(*a['wall_seconds'], n, '.1f')} |"
-        )
+    header = ["method", f"final {name}", *(["vs best"] if to_best else []), *([f"vs {target}"] if to_target else []),
+              f"best {name}", *shown, "MB up", "MB down", *(f"MB {t}" for t in tiers), "wall time (s)"]
+    lines += markdown.table(header, (
+        [label, _cell(*a["final"], n, ".4f"),
+         *([_versus_cell(label, to_best[label])] if to_best else []),
+         *([_versus_cell(label, to_target[label], "-")] if to_target else []),
+         _cell(*a["best"], n, ".4f"), *(_cell(*a[c], n, ".4f") for c in shown),
+         _cell(_mb(a["bytes_up"][0]), _mb(a["bytes_up"][1]), n, ".2f"),
+         _cell(_mb(a["bytes_down"][0]), _mb(a["bytes_down"][1]), n, ".2f"),
+         *(_cell(_mb(a[t][0]), _mb(a[t][1]), n, ".2f") for t in tiers), _cell(*a["wall_seconds"], n, ".1f")]
+        for label, n, a in rows))
     if target is not None and target in summaries:
         lines += _target_table(runs, {seed: s["final"] for seed, s in summaries[target].items()}, target, name,
                                higher, [label for label, _, _ in rows])
@@ -195,14 +192,15 @@ def _target_table(runs: dict[str, dict[int, Path]], targets: dict[int, float], t
     lines = ["", f"Rounds and bytes to reach {target}'s final {name} of the same seed "
                  f"({', '.join(f'{targets[s]:.4f}' for s in sorted(targets))}); mean ± std over the seeds that "
                  "reach it; bytes are all traffic up to and including that round.", "",
-             "| method | seeds reaching it | rounds | MB (up + down) |", "| --- | --- | --- | --- |"]
+             ]
+    rows = []
     for label in order:
         seeds = [s for s in runs[label] if s in targets]
         hits = [h for s in seeds if (h := to_target(read_rounds(runs[label][s]), name, targets[s], higher))]
         rounds, mb = np.array([r for r, _ in hits], float), np.array([_mb(b) for _, b in hits])
         cells = [_cell(x.mean(), x.std(), len(hits), fmt) if hits else "-" for x, fmt in ((rounds, ".1f"), (mb, ".2f"))]
-        lines.append(f"| {label} | {len(hits)} of {len(seeds)} | {cells[0]} | {cells[1]} |")
-    return lines
+        rows.append([label, f"{len(hits)} of {len(seeds)}", *cells])
+    return lines + markdown.table(["method", "seeds reaching it", "rounds", "MB (up + down)"], rows)
 
 
 def _calibration(summary: dict, rows: list[dict], name: str) -> list[str]:
@@ -219,19 +217,11 @@ def _calibration(summary: dict, rows: list[dict], name: str) -> list[str]:
 
 
 def _plot_bytes(path: Path, points: dict[str, tuple[float, float]], metric: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (nbytes, acc) in points.items():
-        x = max(nbytes, 1.0)  # zero-byte reference runs sit at the left edge of the log axis
-        ax.scatter([x], [acc], s=40)
-        ax.annotate(label, (x, acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set(xlabel="total bytes exchanged (up + down, log; 1 = none)", ylabel=f"final {metric}", title=title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path) as (_, ax):
+        for label, (nbytes, acc) in points.items():
+            x = max(nbytes, 1.0)  # zero-byte reference runs sit at the left edge of the log axis
+            ax.scatter([x], [acc], s=40)
+            ax.annotate(label, (x, acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set(xlabel="total bytes exchanged (up + down, log; 1 = none)", ylabel=f"final {metric}", title=title)
+        ax.grid(alpha=0.3)

@@ -39,6 +39,7 @@ import numpy as np
 from fedgen.comm import CLIENT_SERVER, DOWN, UP, ByteLedger
 from fedgen.config import ConfigError, ExperimentConfig, dump_yaml
 from fedgen.data.images import ImageSet
+from fedgen.plots import figure
 from fedgen.privacy import accountant
 from fedgen.tasks import Headline
 from fedgen.wire import DP_EPSILON, DP_EPSILON_OPACUS
@@ -49,44 +50,29 @@ BYTE_COLUMNS = ["bytes_up", "bytes_down", "seconds"]
 def plot_lines(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str,
                bands: dict[str, tuple[list, list]] | None = None) -> None:
     """One line per series; ``bands`` (label -> (low, high) at the same xs) shades a spread around its line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (xs, ys) in series.items():
-        (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=label)
-        if bands and label in bands:
-            ax.fill_between(xs, *bands[label], color=line.get_color(), alpha=0.15, linewidth=0)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path) as (_, ax):
+        for label, (xs, ys) in series.items():
+            (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=label)
+            if bands and label in bands:
+                ax.fill_between(xs, *bands[label], color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
 
 
 def save_image_grid(path: Path, images: ImageSet, class_names: list[str], per_class: int = 8) -> None:
     """A PNG grid of the first ``per_class`` images of each class present (one row per class)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     classes = [int(c) for c in np.unique(images.labels)]
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.8, len(classes) * 0.85), squeeze=False)
-    for row, c in zip(axes, classes, strict=True):
-        idx = np.flatnonzero(images.labels == c)[:per_class]
-        for j, ax in enumerate(row):
-            ax.axis("off")
-            if j < len(idx):
-                ax.imshow(images.images[idx[j]], interpolation="nearest")
-        row[0].set_title(class_names[c], fontsize=7, loc="left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    size = (per_class * 0.8, len(classes) * 0.85)
+    with figure(path, len(classes), per_class, figsize=size, dpi=90, squeeze=False) as (_, axes):
+        for row, c in zip(axes, classes, strict=True):
+            idx = np.flatnonzero(images.labels == c)[:per_class]
+            for j, ax in enumerate(row):
+                ax.axis("off")
+                if j < len(idx):
+                    ax.imshow(images.images[idx[j]], interpolation="nearest")
+            row[0].set_title(class_names[c], fontsize=7, loc="left")
 
 
 def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:

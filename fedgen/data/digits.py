@@ -130,23 +130,18 @@ def default_public_split() -> ImageSet:
 
 def save_domain_grid(path: str) -> None:
     """A PNG grid: one row per domain, one column per class (from the server-held public split)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fedgen.plots import figure
 
     public = default_public_split()
-    fig, axes = plt.subplots(len(DOMAIN_NAMES), len(CLASS_NAMES), figsize=(len(CLASS_NAMES), len(DOMAIN_NAMES) + 0.4))
-    for d, row in enumerate(axes):
-        for c, ax in enumerate(row):
-            i = np.flatnonzero((public.domains == d) & (public.labels == c))[0]
-            ax.imshow(public.images[i], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if d == 0:
-                ax.set_title(CLASS_NAMES[c], fontsize=9)
-            if c == 0:
-                ax.set_ylabel(DOMAIN_NAMES[d], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    size = (len(CLASS_NAMES), len(DOMAIN_NAMES) + 0.4)
+    with figure(path, len(DOMAIN_NAMES), len(CLASS_NAMES), figsize=size, dpi=80) as (_, axes):
+        for d, row in enumerate(axes):
+            for c, ax in enumerate(row):
+                i = np.flatnonzero((public.domains == d) & (public.labels == c))[0]
+                ax.imshow(public.images[i], interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if d == 0:
+                    ax.set_title(CLASS_NAMES[c], fontsize=9)
+                if c == 0:
+                    ax.set_ylabel(DOMAIN_NAMES[d], fontsize=9)

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 import strategies
-from fedgen import checkpoint, fedddpm, ldmlr
+from fedgen import checkpoint, fedddpm, ldmlr, markdown
 from fedgen.config import ConfigError, ExperimentConfig, load_config
 from fedgen.data import Federation, ImageSet, load_federation
 from fedgen.diffusion import conditioning, noise_scheduler, resize
 from fedgen.diffusion import features as fd
+from fedgen.plots import figure
 from fedgen.privacy import accountant, audit
 from fedgen.results import read_rounds
 from fedgen.train import resolve_device
@@ -172,10 +173,10 @@ def _accountant(r: dict) -> str:
 
 
 def table(results: list[dict]) -> str:
-    head = ("| run | model | epsilon (accountant, run) | canary: epsilon of the rounds replayed "
-            "| empirical lower bound | MIA AUC [95% CI] | control: AUC of the untrained model "
-            "| TPR at 1% FPR [95% CI] | TPR at 0.1% FPR |")
-    lines = [head, "| " + " | ".join(["---"] * 9) + " |"]
+    header = ["run", "model", "epsilon (accountant, run)", "canary: epsilon of the rounds replayed",
+              "empirical lower bound", "MIA AUC [95% CI]", "control: AUC of the untrained model",
+              "TPR at 1% FPR [95% CI]", "TPR at 0.1% FPR"]
+    rows = []
     for r in results:
         name = _name(r)
         rows = [("loss", name)]
@@ -184,13 +185,13 @@ def table(results: list[dict]) -> str:
         for key, label in rows:
             a, c = r["membership"][key], r.get("canary") if key == "loss" else None
             control = r["membership"]["control"]["auc"] if key == "loss" else None
-            lines.append(" | ".join([
-                f"| {label}", r["model"], _accountant(r),
+            rows.append([
+                label, r["model"], _accountant(r),
                 _fmt(c["epsilon_replayed"], digits=2) if c else "-",
                 f"{_fmt(c['epsilon_lb'], digits=2)} (of {c['ceiling']:.2f} provable)" if c else "-",
                 _fmt(a["auc"], a["auc_ci"]), _fmt(control), _fmt(a["tpr@0.01"], a["tpr@0.01_ci"]),
-                _fmt(a["tpr@0.001"]) + " |"]))
-    return "\n".join(lines) + "\n"
+                _fmt(a["tpr@0.001"])])
+    return "\n".join(markdown.table(header, rows)) + "\n"
 
 
 def _name(r: dict) -> str:
@@ -200,23 +201,15 @@ def _name(r: dict) -> str:
 
 
 def roc_plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for r in results:
-        name = _name(r)
-        for key, suffix in (("loss", ""), ("uploads", " (uploads)")):
-            if key in r["membership"]:
-                a = r["membership"][key]
-                ax.plot(np.maximum(a["roc"]["fpr"], 1e-4), np.maximum(a["roc"]["tpr"], 1e-4),
-                        label=f"{name}{suffix}: AUC {a['auc']:.3f}")
-    ax.plot([1e-4, 1], [1e-4, 1], "k:", lw=1, label="chance")
-    ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), xlabel="false-positive rate",
-           ylabel="true-positive rate", title="Membership inference (loss attack)")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(5.5, 5), dpi=120) as (_, ax):
+        for r in results:
+            name = _name(r)
+            for key, suffix in (("loss", ""), ("uploads", " (uploads)")):
+                if key in r["membership"]:
+                    a = r["membership"][key]
+                    ax.plot(np.maximum(a["roc"]["fpr"], 1e-4), np.maximum(a["roc"]["tpr"], 1e-4),
+                            label=f"{name}{suffix}: AUC {a['auc']:.3f}")
+        ax.plot([1e-4, 1], [1e-4, 1], "k:", lw=1, label="chance")
+        ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), xlabel="false-positive rate",
+               ylabel="true-positive rate", title="Membership inference (loss attack)")
+        ax.legend(fontsize=7, loc="lower right")
