@@ -1,4 +1,5 @@
-"""Private federated feature diffusion (METHODS.md 5b, 5c): the pieces the server and the clients share.
+"""Private federated feature diffusion (dp-promise clients, FedDDPM server): the pieces the server and the clients
+share.
 
 The model is LDMLR's (:class:`fedgen.ldmlr.FeatureClassifier`): a classifier (encoder E, head G) and a conditional
 feature denoiser. Here E is trained on the server's public split only, so it carries nothing of a client; the

@@ -1,7 +1,7 @@
 """FedPhD's math (Long et al., "FedPhD: Federated Pruning with Hierarchical Learning of Diffusion Models", 2024):
 statistical homogeneity, homogeneity-aware edge selection and homogeneity-weighted cloud aggregation.
 
-    SH(q)   = 2 - ||q - q_target||                       (L2 by default, as the official code; L1 as the notes)
+    SH(q)   = 2 - ||q - q_target||                       (L2 by default, as the official code; L1 as a variant)
     P(e)    ~ max(A * SH(merge(q_e, n_e; client)) - n_e + b, 0) + 1e-8          (edge selection, per client)
     rho_e   = ReLU(n_e + a * SH(q_e) + b) / sum_e' ReLU(n_e' + a * SH(q_e') + b)  (cloud weights)
 

@@ -10,12 +10,12 @@ from fedgen.config.base import OpenFraction, PositiveFloat, PositiveInt, Section
 
 
 class DpConfig(Section):
-    """dp-promise's two-phase private training (METHODS.md 5b) of the feature denoiser (strategy fedddpm) or, with
-    epsilon or sigma set, of the image U-Net (task diffusion, in place of the diffusion section's local training).
-    Phase I, timesteps [split_step, T): the plain loss, unconditional, on Poisson batches of expected size
-    batch_size1; phase II, [0, split_step): class-conditional DP-SGD through opacus. Defaults: the official CIFAR-10
-    settings at epsilon 10 (clip 1e-2, S 900, K 4, batch 32 / 4096, 3 / 50 epochs, Adam 3e-4), per round; a client
-    holds hundreds of examples here, so configs set smaller phase-II batches. Plain DP-SGD over all timesteps (no
+    """dp-promise's two-phase private training (Wang et al., USENIX Security 2024) of the feature denoiser (strategy
+    fedddpm) or, with epsilon or sigma set, of the image U-Net (task diffusion, in place of the diffusion section's
+    local training). Phase I, timesteps [split_step, T): the plain loss, unconditional, on Poisson batches of expected
+    size batch_size1; phase II, [0, split_step): class-conditional DP-SGD through opacus. Defaults: the official
+    CIFAR-10 settings at epsilon 10 (clip 1e-2, S 900, K 4, batch 32 / 4096, 3 / 50 epochs, Adam 3e-4), per round; a
+    client holds hundreds of examples here, so configs set smaller phase-II batches. Plain DP-SGD over all timesteps (no
     phase I): split_step = T and epochs1 = 0."""
 
     epsilon: PositiveFloat | None = None

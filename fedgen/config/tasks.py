@@ -58,14 +58,14 @@ class EvaluationConfig(Section):
 
 
 class LdmlrConfig(Section):
-    """Feature-space diffusion for long-tailed recognition (task=ldmlr; METHODS.md 5a): the classifier's backbone E
-    gives features z, its last linear layer is the head G, a conditional denoiser eps_theta(z_t, t, y) learns p(z | y)
-    and its pseudo-features of rare classes train G. Defaults are the official code's where it has one."""
+    """Feature-space diffusion for long-tailed recognition (task=ldmlr; LDMLR, Han et al., 2024): the classifier's
+    backbone E gives features z, its last linear layer is the head G, a conditional denoiser eps_theta(z_t, t, y) learns
+    p(z | y) and its pseudo-features of rare classes train G. Defaults are the official code's where it has one."""
 
     method: Literal["ce", "three_stage", "e2e"] = "three_stage"
     """'ce': plain cross-entropy (the train section's passes; the denoiser is not trained). 'three_stage' (official):
-    E + G on the data, then the denoiser on frozen features, then G alone on real + generated features. 'e2e' (the
-    notes): {E, G, theta} in one loop, by ``schedule``."""
+    E + G on the data, then the denoiser on frozen features, then G alone on real + generated features. 'e2e' (fedgen's
+    variant): {E, G, theta} in one loop, by ``schedule``."""
     # the denoiser and its noise schedule (diffusers' DDPMScheduler / DDIMScheduler on (batch, dim) tensors)
     denoiser: Literal["mlp", "unet1d"] = "mlp"
     """'unet1d': the official 1-D conditional U-Net (the feature vector as a one-channel sequence); 'mlp': residual

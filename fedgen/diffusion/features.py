@@ -1,7 +1,7 @@
 """Feature-space diffusion (LDMLR): a conditional denoiser of a classifier's features and the end-to-end terms.
 
 The noise schedules, the forward process and the DDIM sampler are diffusers' (they work on (batch, dim) tensors);
-this module adds the denoisers, the loss, the generation counts and the notes' semantic terms:
+this module adds the denoisers, the loss, the generation counts and fedgen's semantic terms (the e2e variant):
 
     L_LDM   = E w_t || f(z_t, t, y) - target ||^2 / d,   z_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps
     z0_hat  = f(z_t, t, y)  (x0 prediction)  or  (z_t - sqrt(1 - abar_t) f(z_t, t, y)) / sqrt(abar_t)  (epsilon)

@@ -1,5 +1,5 @@
-"""dp-promise's two-phase private training of a denoiser (METHODS.md 5b), with opacus for DP-SGD: one implementation
-for the feature denoiser (FedDDPM's clients) and the image U-Net (the diffusion task's clients).
+"""dp-promise's two-phase private training of a denoiser (Wang et al., USENIX Security 2024), with opacus for DP-SGD:
+one implementation for the feature denoiser (FedDDPM's clients) and the image U-Net (the diffusion task's clients).
 
 Data arrive bounded in [-1, 1]^d (phase I's bound assumes it). Each round a client trains:
 

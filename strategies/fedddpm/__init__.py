@@ -1,5 +1,5 @@
-"""FedDDPM with dp-promise clients (METHODS.md 5b, 5c): its config section and registration; the strategy is
-:mod:`strategies.fedddpm.strategy` (imported when a run builds it: it needs opacus and diffusers)."""
+"""FedDDPM with dp-promise clients (dp-promise: Wang et al., USENIX Security 2024): its config section and registration;
+the strategy is :mod:`strategies.fedddpm.strategy` (imported when a run builds it: it needs opacus and diffusers)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ PSEUDO_FEATURES, PSEUDO_LABELS = "features", "labels"
 
 
 class FedDDPMConfig(StrategyConfig):
-    """Private federated feature diffusion (METHODS.md 5b, 5c): a shared encoder trained on the server's public split
+    """Private federated feature diffusion (dp-promise clients): a shared encoder trained on the server's public split
     only; clients train the conditional feature denoiser with dp-promise (the dp section) and send it, or pseudo-
     features sampled from it; the server averages, corrects (FedDDPM), may stop early (FedDDPM+), refreshes its
     auxiliary set progressively, and trains the head G on generated (and public) features."""
@@ -47,7 +47,7 @@ class FedDDPMConfig(StrategyConfig):
     plus_threshold: Annotated[float, Field(ge=0)] = 0.05
     plus_steps: PositiveInt = 500
     progressive: bool = False
-    """The notes' progressive generation: after each correction, if the head G reads at least
+    """Progressive generation (fedgen's addition): after each correction, if the head G reads at least
     ``progressive_min_fidelity`` of fresh samples as their class, ``progressive_fraction`` of the auxiliary set (the
     oldest first) is regenerated; with ``progressive_filter``, only samples G reads as their class enter."""
     progressive_fraction: OpenFraction = 0.25

@@ -39,7 +39,7 @@ class FedPhDConfig(StrategyConfig):
     """a in rho_e ~ ReLU(n_e + a * SH(q_e) + b) (the official CIFAR-10 script: 50000)."""
     balance_b: float = 0.0
     homogeneity_norm: Literal["l2", "l1"] = "l2"
-    """SH(q) = 2 - ||q - q_target||: L2 as the official code, L1 as the notes."""
+    """SH(q) = 2 - ||q - q_target||: L2 as the official code, L1 as a variant."""
     homogeneity_target: Literal["uniform", "global"] = "uniform"
     """q_target: the uniform distribution, or the federation's label distribution (from the clients' histograms)."""
     prune: Literal["none", "start", "after"] = "after"
