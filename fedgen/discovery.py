@@ -28,32 +28,49 @@ ENV = "FEDGEN_METHODS"
 GROUP = "fedgen.methods"
 
 _imported: set[str] = set()
+_found: dict[str, list[str]] = {}
+"""The method modules, by the value of FEDGEN_METHODS they were listed for (listing reads packages and entry
+points: once per value, not once per message)."""
+
+
+_imported: set[str] = set()
+_found: dict[str, list[str]] = {}
+"""The method modules, by the value of FEDGEN_METHODS they were listed for (listing reads packages and entry
+points: once per value, not once per message)."""
 
 
 def method_modules() -> list[str]:
     """The names of the modules that declare methods, built-in first."""
-    names = [_package_modules(BUILTIN)]
-    extra = [n.strip() for n in os.environ.get(ENV, "").split(",") if n.strip()]
-    names += [_package_modules(n) for n in extra]
-    names += [[ep.value] for ep in entry_points(group=GROUP)]
-    return [m for group in names for m in group]
+    extra = os.environ.get(ENV, "")
+    if extra not in _found:
+        names = _package_modules(BUILTIN)
+        for name in (n.strip() for n in extra.split(",")):
+            if name:
+                names += _package_modules(name)
+        names += [ep.value for ep in entry_points(group=GROUP)]
+        _found[extra] = names
+    return _found[extra]
 
 
 def _package_modules(name: str) -> list[str]:
     """``name`` and, when it is a package, each of its modules."""
-    try:
-        module = import_module(name)
-    except ImportError as err:
-        raise ConfigError(f"{ENV} names {name!r}, which cannot be imported ({err}); it must be a module or package "
-                          "on sys.path") from err
+    module = _import(name)
     if not hasattr(module, "__path__"):
         return [name]
     return [name, *(f"{name}.{info.name}" for info in pkgutil.iter_modules(module.__path__))]
+
+
+def _import(name: str):
+    try:
+        return import_module(name)
+    except ImportError as err:
+        raise ConfigError(f"method module {name!r} cannot be imported ({err}): a module named in {ENV} or in an "
+                          f"entry point of group {GROUP!r} must be importable from sys.path") from err
 
 
 def discover_methods() -> None:
     """Import every method module not imported yet (cheap after the first call)."""
     for name in method_modules():
         if name not in _imported:
-            import_module(name)
+            _import(name)
             _imported.add(name)

@@ -16,16 +16,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-if TYPE_CHECKING:
-    from strategies.feddf import FedDFConfig
-
+from fedgen.config import StrategyConfig
 
 SEP = "/"
 """Global arrays hold every group's model under '<architecture>/<state-dict key>'."""
@@ -141,7 +138,7 @@ def accuracy_score(x: torch.Tensor, labels: torch.Tensor, batch_size: int,
 
 
 def distill(student: nn.Module, x: torch.Tensor, targets: torch.Tensor, score: Callable[[nn.Module], float],
-            higher_is_better: bool, settings: FedDFConfig, device: torch.device, seed: int) -> DistillResult:
+            higher_is_better: bool, settings: StrategyConfig, device: torch.device, seed: int) -> DistillResult:
     """Distil ``targets`` (the teacher's soft labels of ``x``) into ``student``; return the best-scoring student.
     ``settings``: the learning rate, batch size, step budget, evaluation interval, patience, clipping and temperature.
 

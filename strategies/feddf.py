@@ -125,7 +125,7 @@ class FedDF(FedAvg):
         Architecture name -> a fresh model.
     data : DistillationData
         The distillation inputs and the stop signal's held-out part.
-    settings : fedgen.config.FedDFConfig
+    settings : strategies.feddf.FedDFConfig
         Adam, cosine and early stopping.
     distillation : bool
         False: each group is plain FedAvg inside its own group (the baseline where FedAvg cannot mix architectures).

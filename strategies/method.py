@@ -104,6 +104,9 @@ METHODS: dict[str, Method] = {}
 
 def register(method: Method) -> Method:
     """Add a method; its client roles must not take a message type a task or another method answers differently."""
+    known = METHODS.get(method.name)
+    if known is not None and _where(known) != _where(method):
+        raise ValueError(f"two methods are named '{method.name}': {_where(known)} and {_where(method)}")
     for mtype, target in method.roles.items():
         other = _roles().get(mtype)
         if other not in (None, target):
@@ -116,6 +119,10 @@ def methods() -> dict[str, Method]:
     """Every method, discovered."""
     discover_methods()
     return METHODS
+
+
+def _where(method: Method) -> str:
+    return f"{type(method).__module__}.{type(method).__qualname__}"
 
 
 def method(name: str) -> Method:

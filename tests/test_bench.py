@@ -87,7 +87,7 @@ def test_the_private_unet_step_is_timed_and_its_memory_measured(tmp_path, monkey
 
     from fedgen.config import DiffusionConfig, DpConfig
     from fedgen.diffusion import build_unet, image_denoising, noise_scheduler
-    from fedgen.privacy import dp_diffusion
+    from fedgen.privacy import accountant, dp_diffusion
 
     # a process of its own: the benchmark fixes glibc's mmap threshold for its whole process, and measures that
     # process's resident set
@@ -118,7 +118,7 @@ def test_the_private_unet_step_is_timed_and_its_memory_measured(tmp_path, monkey
         model = build_unet(cfg, 10, 16)
         dp = DpConfig(noise_multiplicity=2, epochs1=0, split_step=1000, batch_size2=8, max_grad_norm=1.0,
                       physical_batch_size=physical)
-        dp_diffusion.train_phases(model, task, dp_diffusion.Plan(1.0, 0, 1.0, 1, 1.0, 0.0, 0.0), dp, 1000,
+        dp_diffusion.train_phases(model, task, accountant.Plan(1.0, 0, 1.0, 1, 1.0, 0.0, 0.0), dp, 1000,
                                   torch.device("cpu"), gen)
     gradient = sum(q.nbytes for q in model.parameters() if q.requires_grad)  # what the plain step's gradient holds
     assert held == [2 * 8 * gradient, 2 * 4 * gradient, 2 * 4 * gradient]

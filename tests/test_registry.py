@@ -77,7 +77,7 @@ def test_a_method_adds_a_term_to_local_training_by_its_own_files(toy_method, tin
 
 def test_fedgen_names_a_missing_method_module(monkeypatch):
     monkeypatch.setenv(discovery.ENV, "no_such_method_module")
-    with pytest.raises(ConfigError, match="FEDGEN_METHODS names 'no_such_method_module'"):
+    with pytest.raises(ConfigError, match="method module 'no_such_method_module' cannot be imported"):
         discovery.discover_methods()
 
 

@@ -14,7 +14,6 @@ from fedgen.config.foundation import FoundationConfig
 from fedgen.config.privacy import DpConfig
 from fedgen.config.strategy import SECTIONS, FedAvgConfig, StrategyConfig
 from fedgen.config.tasks import DiffusionConfig, EvaluationConfig, LdmlrConfig
-from fedgen.discovery import discover_methods
 
 
 class ExperimentConfig(Section):
@@ -118,6 +117,8 @@ def validate(tree: dict[str, Any], source: str = "config") -> ExperimentConfig:
     """An experiment from its YAML tree, its strategy section chosen by ``strategy.name``."""
     strategy = tree.get("strategy")
     name = strategy.get("name", "fedavg") if isinstance(strategy, dict) else "fedavg"
+    from fedgen.discovery import discover_methods  # here: discovery imports method modules, which import this one
+
     discover_methods()
     if name not in SECTIONS:
         raise ConfigError(f"invalid config ({source}):\n  strategy.name: unknown strategy {name!r}; choose from "

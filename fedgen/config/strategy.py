@@ -47,7 +47,8 @@ class StrategyConfig(Section):
         if get_origin(cls.model_fields["name"].annotation) is not Literal:
             return  # a shared base of several sections, not a method's own
         name = cls.model_fields["name"].default
-        if name in SECTIONS and SECTIONS[name].__qualname__ != cls.__qualname__:
+        if name in SECTIONS and (SECTIONS[name].__module__, SECTIONS[name].__qualname__) != (cls.__module__,
+                                                                                           cls.__qualname__):
             raise ValueError(f"strategy '{name}' has two config sections: {SECTIONS[name]} and {cls}")
         SECTIONS[name] = cls
 

@@ -179,10 +179,10 @@ def table(results: list[dict]) -> str:
     rows = []
     for r in results:
         name = _name(r)
-        rows = [("loss", name)]
+        kinds = [("loss", name)]
         if "uploads" in r["membership"]:
-            rows.append(("uploads", f"{name} (uploaded pseudo-features)"))
-        for key, label in rows:
+            kinds.append(("uploads", f"{name} (uploaded pseudo-features)"))
+        for key, label in kinds:
             a, c = r["membership"][key], r.get("canary") if key == "loss" else None
             control = r["membership"]["control"]["auc"] if key == "loss" else None
             rows.append([

@@ -52,7 +52,7 @@ def dp_images(work: Path, batch: int = 64, steps: int = 3, repeats: int = 3,
     The digits U-Net at 16x16, on CPU and, when there is one, on the GPU."""
     from fedgen.config import DiffusionConfig, DpConfig
     from fedgen.diffusion import build_unet, image_denoising, noise_scheduler
-    from fedgen.privacy import dp_diffusion
+    from fedgen.privacy import accountant, dp_diffusion
 
     cfg = DiffusionConfig(unet="digits", image_size=16)
     scheduler = noise_scheduler(cfg)
@@ -71,7 +71,7 @@ def dp_images(work: Path, batch: int = 64, steps: int = 3, repeats: int = 3,
                 for name, (sigma, physical) in variants.items():
                     dp = DpConfig(noise_multiplicity=k, epochs1=0, split_step=1000, batch_size2=batch,
                                   max_grad_norm=1.0, physical_batch_size=physical)
-                    p = dp_diffusion.Plan(1.0, 0, 1.0, steps, sigma, 0.0, 0.0)
+                    p = accountant.Plan(1.0, 0, 1.0, steps, sigma, 0.0, 0.0)
                     model = build_unet(cfg, 10, 16).to(device)
                     seconds, extra = _peak_extra(partial(dp_diffusion.train_phases, model, task, p, dp, 1000, device,
                                                          torch.Generator().manual_seed(rep)), device)

@@ -15,7 +15,7 @@ def dp_step(work: Path, batch: int = 64, dim: int = 64, steps: int = 60, repeats
     medians), for noise multiplicity 1 and 4 (K = 4: the denoiser sees a (batch, 4, d) tensor)."""
     from fedgen.config import DpConfig, LdmlrConfig
     from fedgen.diffusion import features as fd
-    from fedgen.privacy import dp_diffusion
+    from fedgen.privacy import accountant, dp_diffusion
 
     torch.set_num_threads(1)
     ld = LdmlrConfig(beta_schedule="linear", mlp_width=128)  # private_digits.yaml's denoiser
@@ -30,7 +30,7 @@ def dp_step(work: Path, batch: int = 64, dim: int = 64, steps: int = 60, repeats
         for _ in range(repeats):
             for kind, sigma in (("dp", 1.0), ("plain", None)):
                 model = fd.build_feature_diffusion(ld, dim, 10, null_from=900)
-                p = dp_diffusion.Plan(1.0, 0, 1.0, steps, sigma, 0.0, 0.0)
+                p = accountant.Plan(1.0, 0, 1.0, steps, sigma, 0.0, 0.0)
                 t = time.perf_counter()
                 dp_diffusion.train_two_phase(model, zn, y, p, dp, scheduler, None, torch.device("cpu"), gen)
                 timings[kind].append((time.perf_counter() - t) / steps)

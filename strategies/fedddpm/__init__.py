@@ -92,11 +92,6 @@ class FedDDPMMethod(Method):
 
         return model(cfg, fed, state)
 
-    def initial(self, ctx):
-        from strategies.fedddpm.strategy import initial
-
-        return initial(ctx)
-
     def task(self, ctx, strategy):
         from strategies.fedddpm.strategy import PrivateTask
 

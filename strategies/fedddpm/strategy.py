@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import replace
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -52,7 +51,7 @@ class FedDDPM(FedAvg):
     def __init__(self, ctx, **kwargs) -> None:
         super().__init__(**kwargs)
         self.cfg, self.s, self.fed, self.device = ctx.cfg, ctx.cfg.strategy, ctx.fed, ctx.device
-        self.model_fn = fedddpm.model_fn(ctx.cfg, ctx.fed)
+        self.model_fn = ctx.model_fn
         self.scheduler = fd.feature_scheduler(ctx.cfg.ldmlr)
         self.aux: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         """The auxiliary set: raw features, labels, and the round each was generated in."""
@@ -230,7 +229,7 @@ def build(ctx) -> FedDDPM:
     """The strategy; a budget that phase I alone would exceed fails here, before any work, naming the client."""
     cfg, fed = ctx.cfg, ctx.fed
     if cfg.dp.epsilon is not None and cfg.dp.sigma is None:
-        dim = ldmlr.head_of(fedddpm.model_fn(cfg, fed)().classifier).in_features
+        dim = ldmlr.head_of(ctx.model_fn().classifier).in_features
         abar = accountant.abar_at(fd.feature_scheduler(cfg.ldmlr), cfg.dp.split_step)
         accountant.check_clients((len(fed.client(k)[0]) for k in range(fed.num_clients)), cfg.dp, cfg.rounds, dim,
                                  abar)
@@ -242,16 +241,12 @@ def model(cfg, fed, state: dict | None = None):
     return fedddpm.model_fn(cfg, fed)
 
 
-def initial(ctx) -> dict[str, torch.Tensor]:
-    return model(ctx.cfg, ctx.fed)().state_dict()
-
-
 class PrivateTask(ldmlr.LongTailTask):
     """LDMLR's scores, the largest epsilon a client has spent so far ('epsilon', when private) and the rounds the
     clients trained in ('rounds-trained': FedDDPM+ stops early)."""
 
     def __init__(self, ctx, strategy: FedDDPM) -> None:
-        super().__init__(replace(ctx, model_fn=strategy.model_fn), strategy)
+        super().__init__(ctx, strategy)
         self.strategy = strategy
         extra = (accountant.EPSILON_COLUMN, "rounds-trained") if ctx.cfg.dp.private else ("rounds-trained",)
         self.columns, self.report = (*self.columns, *extra), (*self.report, *extra)

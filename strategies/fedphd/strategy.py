@@ -64,7 +64,7 @@ class FedPhD(FedAvg):
 
     Parameters
     ----------
-    settings : fedgen.config.FedPhDConfig
+    settings : strategies.fedphd.FedPhDConfig
         Edges, A / b, a / b, r_g, the homogeneity norm and target, pruning.
     num_classes : int
     unet_fn : callable
@@ -74,7 +74,7 @@ class FedPhD(FedAvg):
     seed : int
         Edge selection draws from a generator seeded by (seed, round).
     message_type : str
-        The type of the training messages (wire.FEDPHD_TRAIN).
+        The type of the training messages (strategies.fedphd.FEDPHD_TRAIN).
     """
 
     def __init__(self, settings: FedPhDConfig, num_classes: int, unet_fn: Callable[[], nn.Module],
