@@ -203,7 +203,7 @@ def test_the_labels_of_the_distillation_data_are_never_read(tiny_cfg, tmp_path, 
     """The server's public split with labels that raise when read: a FedDF run distilling on it finishes."""
     import dataclasses
 
-    import simulations.server_app as server_app
+    import simulations.experiment as experiment
     from clients.app import app
     from fedgen.data import ImageSet, load_federation
 
@@ -212,7 +212,7 @@ def test_the_labels_of_the_distillation_data_are_never_read(tiny_cfg, tmp_path, 
         return dataclasses.replace(fed, public=ImageSet(fed.public.images, fed.public.labels.view(_Unreadable),
                                                         fed.public.domains))
 
-    monkeypatch.setattr(server_app, "load_federation", trapped)
+    monkeypatch.setattr(experiment, "load_federation", trapped)
     summary = run_experiment_in_process(app, tiny_cfg(rounds=1, strategy={"name": "feddf", **FAST}), tmp_path / "r")
     assert summary["status"] == "finished" and summary["final"] > 0.3
 

@@ -30,7 +30,6 @@ def _client_sets(n_labels: int, n_clients: int, seed: int) -> list[list[str]]:
 
 
 # --- the IBLT ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("n_labels,n_clients", [(1, 2), (7, 2), (10, 50), (50, 13), (120, 7), (200, 50)])
 def iblt_sum(tables, spec):
     """The cell-wise sum mod p (what SecAgg+ computes in a run): the table of the multiset union."""
     total = np.zeros(spec.shape, dtype=np.int64)
@@ -58,6 +57,7 @@ def t5_prompt_model(words: list[str], width: int = 16):
     return T5ForConditionalGeneration(config), tokenizer
 
 
+@pytest.mark.parametrize("n_labels,n_clients", [(1, 2), (7, 2), (10, 50), (50, 13), (120, 7), (200, 50)])
 def test_iblt_round_trip_recovers_the_union_with_multiplicities(n_labels, n_clients):
     spec = iblt.spec_for(n_labels, n_clients)
     sets = _client_sets(n_labels, n_clients, seed=n_labels * 100 + n_clients)
