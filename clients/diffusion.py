@@ -36,7 +36,7 @@ def train_unet(msg: Message, context: Context, architecture: Callable[[nn.Module
     carries (FedPhD's pruned one), ``penalties`` are added to those of :class:`LocalUpdate`."""
     cfg, fed, pid = client_data(msg, context)
     data, _ = fed.client(pid)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, cfg.deterministic)
     model = architecture(unet_fn(cfg, fed)())
     update = LocalUpdate(msg, context, pid, model, len(data), device, cfg.strategy.name)
     rnd = server_round(msg)

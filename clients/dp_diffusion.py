@@ -38,7 +38,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg, fed, pid = client_data(msg, context)
     rnd, dp, settings = server_round(msg), cfg.dp, cfg.strategy
     data, _ = fed.client(pid)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, cfg.deterministic)
     model = fedddpm.model_fn(cfg, fed)()
     given = msg.content[CONTEXT_ARRAYS].to_torch_state_dict()
     if "arrays" in msg.content.array_records:

@@ -19,7 +19,7 @@ def encode(msg: Message, context: Context) -> Message:
     cfg, fed, pid = client_data(msg, context)
     data, _ = fed.client(pid)
     paths = foundation.resolve(cfg.foundation)  # prepared by the server (simulation) or on this machine beforehand
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, cfg.deterministic)
     dtype = str(foundation.torch_dtype(cfg.foundation.dtype, device)).removeprefix("torch.")
     t0 = time.perf_counter()
     captioner = foundation.captioner(paths.captioner, paths.captioner_kind, str(device), dtype)

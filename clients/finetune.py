@@ -27,7 +27,7 @@ def _model(cfg, fed, msg: Message) -> torch.nn.Module:
 def train(msg: Message, context: Context) -> Message:
     cfg, fed, pid = client_data(msg, context)
     data, _ = fed.client(pid)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, cfg.deterministic)
     model = _model(cfg, fed, msg)
     update = LocalUpdate(msg, context, pid, model, len(data), device, cfg.strategy.name)
     seed = client_seed(cfg.seed, server_round(msg), pid)
@@ -40,7 +40,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     _, test = fed.client(pid)
     model = _model(cfg, fed, msg)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    scores = evaluate_model(model, test, cfg.train.eval_batch_size, resolve_device(cfg.device),
+    scores = evaluate_model(model, test, cfg.train.eval_batch_size, resolve_device(cfg.device, cfg.deterministic),
                             len(fed.domain_names))
     metrics = MetricRecord({
         EVAL_LOSS: scores.loss, EVAL_ACC: scores.accuracy, NUM_EXAMPLES: len(test), PARTITION_ID: pid,

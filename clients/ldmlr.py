@@ -18,7 +18,7 @@ from fedgen.train import client_seed, resolve_device
 def train(msg: Message, context: Context) -> Message:
     cfg, fed, pid = client_data(msg, context)
     data, _ = fed.client(pid)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, cfg.deterministic)
     model = ldmlr.model_fn(cfg, fed)()
     update = LocalUpdate(msg, context, pid, model, len(data), device, cfg.strategy.name)
     seed = client_seed(cfg.seed, server_round(msg), pid)

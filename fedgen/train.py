@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,12 +17,26 @@ from fedgen.data.images import ImageSet
 Penalty = Callable[[nn.Module], torch.Tensor]
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, deterministic: bool = False) -> torch.device:
+    """The device a run's config names; the process's algorithms set as ``deterministic`` says
+    (:func:`set_deterministic`)."""
+    set_deterministic(deterministic)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda was asked for, but torch sees no CUDA device")
     return torch.device(name)
+
+
+def set_deterministic(on: bool) -> None:
+    """With ``on``, torch runs deterministic algorithms only (an operation that has none raises, naming itself),
+    cuBLAS a fixed workspace and cuDNN without benchmarking, so that a run on a GPU repeats, and resumes, exactly
+    (the config's ``deterministic``); off, torch's defaults. On the CPU every seeded run repeats either way."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: set before any GPU work
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
 
 
 def proximal_penalty(global_params: list[torch.Tensor], mu: float) -> Penalty:

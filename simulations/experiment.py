@@ -76,8 +76,9 @@ class Experiment:
         self.method = strategies.method(cfg.strategy.name)
         self.fed = load_federation(cfg.data, cfg.seed)
         self.ledger = ByteLedger()
-        ctx = strategies.RunContext(cfg, self.fed, self.method.model(cfg, self.fed, None), resolve_device(cfg.device),
-                                    self.out_dir, self.ledger)
+        device = resolve_device(cfg.device, cfg.deterministic)
+        ctx = strategies.RunContext(cfg, self.fed, self.method.model(cfg, self.fed, None), device, self.out_dir,
+                                    self.ledger)
         self.ctx = ctx
         self.arrays = ArrayRecord(self.method.initial(ctx))  # the first draw after seeding
         if cfg.init_seed is not None:  # the initial model came from init_seed; everything after it from seed

@@ -29,6 +29,10 @@ class ExperimentConfig(Section):
     """What the clients train: a classifier (model, train), a class-conditional image DDPM (diffusion, evaluation),
     or a classifier with a feature-space diffusion model for long-tailed data (model, train, ldmlr)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = False
+    """Deterministic algorithms only (torch.use_deterministic_algorithms, a fixed cuBLAS workspace, cuDNN without
+    benchmarking), on the server and every client, so that a GPU run repeats and resumes exactly; an operation with no
+    deterministic implementation then raises, naming itself. On the CPU seeded runs repeat exactly either way."""
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

@@ -64,7 +64,7 @@ class Target:
         cfg = self.cfg = load_config(run_dir / "config.yaml")
         check(cfg, run_dir)
         self.fed: Federation = load_federation(cfg.data, cfg.seed)
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, cfg.deterministic)
         self.image = cfg.task == "diffusion"
         self.bounded = not self.image and dp_rounds(cfg)
         self.state = checkpoint.load(run_dir)["strategy"] if strategies.method(cfg.strategy.name).checkpoint \

@@ -19,7 +19,7 @@ def bare_fedavg_rounds(cfg, rounds: int) -> list[float]:
     from fedgen.train import client_seed, evaluate, resolve_device, train
 
     fed = load_federation(cfg.data, cfg.seed)
-    device = resolve_device(cfg.device)  # the device the virtual clients use
+    device = resolve_device(cfg.device, cfg.deterministic)  # the device the virtual clients use
 
     def new_model():
         return classifier(cfg, fed)
