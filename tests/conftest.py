@@ -10,14 +10,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
 
+TIERS = ("unit", "integration", "statistical", "e2e", "bench", "tooling")
+"""The test tiers (pyproject.toml's markers; the README's "Tests"). A test without a tier marker is a unit test."""
+RUNS_ALONE = {"integration": "ray", "e2e": "processes"}
+"""Tiers whose tests start Ray or a deployment sized for the whole machine: under pytest-xdist (--dist loadgroup) each
+tier's tests go one after another on one worker, and the other tiers run beside them."""
 
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test`: -n 2 --dist loadgroup), the end-to-end runs share one worker, one after
-    another: each starts Ray or a deployment sized for the whole machine, and the other worker runs the in-process
-    tests beside them."""
     for item in items:
-        if item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("end-to-end"))
+        tiers = [m.name for m in item.iter_markers() if m.name in TIERS]
+        if len(tiers) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked with tiers {tiers}: a test belongs to one tier")
+        tier = tiers[0] if tiers else "unit"
+        if not tiers:
+            item.add_marker(pytest.mark.unit)
+        if tier in RUNS_ALONE:
+            item.add_marker(pytest.mark.xdist_group(RUNS_ALONE[tier]))
 
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -26,6 +36,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # two workers share the cores, not oversubscribe them
 
 from fedgen.config import validate  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _torch_defaults():
+    """A test that ran with ``deterministic: true`` leaves torch's default algorithms to the next."""
+    yield
+    from fedgen.train import set_deterministic
+
+    set_deterministic(False)
 
 
 @pytest.fixture

@@ -97,6 +97,7 @@ def _cube(n, seed):
     return torch.rand(n, D, generator=gen) * 2 - 1, torch.randint(0, 2, (n,), generator=gen)
 
 
+@pytest.mark.statistical
 def test_the_loss_attack_finds_an_overfit_denoisers_members_and_not_a_private_ones():
     (zm, ym), (zo, yo) = _cube(16, 1), _cube(64, 2)
     torch.manual_seed(0)
@@ -111,6 +112,7 @@ def test_the_loss_attack_finds_an_overfit_denoisers_members_and_not_a_private_on
     assert abs(aucs["private"] - 0.5) < 0.2, aucs  # epsilon 0.1: no better than a guess, within 16 vs 64's noise
 
 
+@pytest.mark.statistical
 def test_a_private_mechanism_audits_within_its_epsilon_and_the_same_without_noise_is_caught():
     """One client's DP-SGD on 32 features; the canary a corner of the box, of a class no one else holds; the test
     its error against 8 crafted references'. With noise calibrated for epsilon 0.3 the bound stays below 0.3;

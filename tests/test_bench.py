@@ -7,6 +7,8 @@ import pytest
 
 from simulations import bench
 
+pytestmark = pytest.mark.bench
+
 
 def test_process_tree_memory_counts_children(tmp_path):
     import subprocess

@@ -21,7 +21,7 @@ from simulations import deploy, procs
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_secure_federation_over_grpc_survives_a_dying_supernode_and_refuses_an_unregistered_one(tmp_path):
     """Three SuperNodes over TLS with SuperNode authentication; one is stopped (by PID) once round 1 is recorded.
     Round 2 goes on with the two left (strategy.min_train_clients=2) and the run finishes, the stopped node's missing
@@ -141,7 +141,7 @@ def _fedgen(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_fedgen_deploy_run_keeps_the_nodes_budget_and_results_and_names_a_dead_superlink(tmp_path, tiny_cfg):
     """`fedgen deploy run` from another directory, end to end, against two SuperNodes that keep their own state
     (--state-dir) and cap their own privacy (--dp-epsilon-max 4):

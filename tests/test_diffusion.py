@@ -93,6 +93,7 @@ def test_paper_unet_has_fedphds_size():
     assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - 35.7) < 0.1
 
 
+@pytest.mark.statistical
 def test_fid_of_a_set_against_itself_is_zero_and_grows_with_noise(splits, reference):
     test = splits["test"]
     scorer = GenerativeScores(test, reference, 16, dataset="digits-domains")

@@ -111,7 +111,7 @@ def _ray_head(tmp_path: Path) -> tuple[int, dict, str]:
     return head, env, f"127.0.0.1:{port}"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("where", ["local", "cluster"])
 def test_a_killed_client_process_costs_one_round_of_its_work(where, tiny_cfg, tmp_path):
     """6 clients on a pool of 2 client processes; one process is SIGKILLed while it trains a client in round 1.
@@ -156,7 +156,7 @@ def test_a_killed_client_process_costs_one_round_of_its_work(where, tiny_cfg, tm
         assert not actors(os.getpid())
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_client_processes_that_keep_dying_stop_the_run_with_advice(tiny_cfg, tmp_path):
     """Every client kills its own process on every train message (an OOM on every client): after each process was
     replaced ray.max_restarts times the round has too few updates and the run stops, saying why and what to change."""

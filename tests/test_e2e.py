@@ -11,6 +11,7 @@ import pytest
 FEDGEN = [sys.executable, "-m", "simulations.cli"]
 
 
+@pytest.mark.e2e
 def test_bad_config_fails_before_any_work(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
@@ -24,7 +25,7 @@ def test_bad_config_fails_before_any_work(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_fedgen_run_on_ray_writes_the_results_contract(tmp_path):
     """Through Flower's simulation engine: FedDF over a federation of three architectures (one client each), whose
     console shows each group's accuracy."""
@@ -58,7 +59,7 @@ RESUMED = {
 }
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", RESUMED)
 def test_a_killed_run_resumes_to_the_same_result(tmp_path, case):
     """Stop `fedgen run` (its process group and every descendant, Ray's included) after round 1, as a scheduler
@@ -71,6 +72,7 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, case):
 
     base, model_file = RESUMED[case]
     args = [*base, "--set", "rounds=2", "--set", "data.num_clients=4", "--set", "strategy.fraction_train=0.5",
+            "--set", "deterministic=true",
             "--set", f"evaluation.cache_dir={tmp_path / 'reference'}"]
     whole, cut = tmp_path / "whole", tmp_path / "broke"
     subprocess.run([*FEDGEN, "run", *args, "--out", str(whole)], check=True, capture_output=True, timeout=600)

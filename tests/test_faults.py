@@ -139,10 +139,11 @@ def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tin
            "gptfl": {"labels": "plain", "images_per_class": 3, "pretrain_epochs": 1}}.get(name, {})
     foundation = {"foundation": {"profile": "pretrained", "generator": {"path": str(tiny_models / "sd"), "steps": 2,
                                                                        "size": 32}}} if name == "gptfl" else {}
-    cfg = tiny_cfg(rounds=2, data={"num_clients": 4},
+    cfg = tiny_cfg(rounds=2, data={"num_clients": 4}, deterministic=True,  # exact on a GPU too
                    strategy={"name": name, "fraction_train": 0.5, "min_train_clients": 2, **own}, **diffusion,
                    **foundation)
     whole = run_experiment(InProcessGrid(app, 4), cfg, tmp_path / "whole")
+    assert torch.are_deterministic_algorithms_enabled()  # the server and the clients (here, this process) set it
     _interrupted_in_round_2(name, cfg, tmp_path / "broke", monkeypatch)
     cut = json.loads((tmp_path / "broke" / "summary.json").read_text())
     assert cut["status"] == "failed" and cut["rounds"] == 1
@@ -184,7 +185,7 @@ def test_a_long_tail_run_resumes_exactly(strategy, tiny_cfg, tmp_path, monkeypat
     sampled = {"fraction_train": 0.5, "min_train_clients": 2}
     cfg = fedddpm_cfg(tiny_cfg, {}, **sampled) if strategy == "fedddpm" else \
         ldmlr_cfg(tiny_cfg, strategy).model_copy(update={"rounds": 2})
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_clients": 4}),
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_clients": 4}), "deterministic": True,
                                  "strategy": cfg.strategy.model_copy(update=sampled)})
     whole = run_experiment(InProcessGrid(app, 4), cfg, tmp_path / "whole")
     _interrupted_in_round_2(strategy, cfg, tmp_path / "broke", monkeypatch)

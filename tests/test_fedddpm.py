@@ -301,7 +301,7 @@ def test_bounds_map_public_features_into_the_unit_box():
     assert zn.abs().max() <= 1 and (zn.abs() == 1).float().mean() < 0.01  # 3 std: under 1% clipped
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_private_federated_run_on_ray(tmp_path, fedgen_run):
     out = tmp_path / "run"
     proc = fedgen_run("simulations/configs/private_digits.yaml",

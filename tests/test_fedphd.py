@@ -282,7 +282,8 @@ def test_a_hierarchical_run_prunes_after_sparse_training_and_counts_each_tier(ti
 def test_resume_inside_an_edge_period_continues_exactly(tiny_cfg, tmp_path, monkeypatch):
     """Interrupted in round 2 of a 3-round edge period (the edges' models and statistics, the pruned plan, live on
     the server): the resumed run ends where the whole one did."""
-    cfg = _cfg(tiny_cfg, tmp_path, every=3, rounds=3, cloud_every=3, prune="start")
+    cfg = _cfg(tiny_cfg, tmp_path, every=3, rounds=3, cloud_every=3, prune="start").model_copy(
+        update={"deterministic": True})
     whole = run_experiment(InProcessGrid(app, 6), cfg, tmp_path / "whole")
     _interrupted_in_round_2("fedphd", cfg, tmp_path / "broke", monkeypatch)
     resumed = run_experiment(InProcessGrid(app, 6, seed=9), cfg, tmp_path / "broke", resume=True)
@@ -292,7 +293,7 @@ def test_resume_inside_an_edge_period_continues_exactly(tiny_cfg, tmp_path, monk
     assert (tmp_path / "broke" / "bytes.csv").read_text() == (tmp_path / "whole" / "bytes.csv").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_fedphd_under_ray_with_per_tier_bytes(tmp_path, fedgen_run):
     out = tmp_path / "run"
     proc = fedgen_run("simulations/configs/fedphd_digits.yaml",

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,6 @@ from simulations import deploy, procs
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 APP_PARTS = {".info", "pyproject.toml", "README.md", "clients", "fedgen", "simulations", "strategies"}
-
-
-def test_the_fab_holds_the_app_and_nothing_else(tmp_path):
-    (ROOT / "runs").mkdir(exist_ok=True)  # what a user's checkout has beside the app
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")}
-    proc = subprocess.run([str(BIN / "flwr"), "build", "--app", str(ROOT)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    [fab] = tmp_path.glob("*.fab")
-    names = zipfile.ZipFile(fab).namelist()
-    assert {n.split("/")[0] for n in names} == APP_PARTS
-    assert "simulations/configs/digits_domains.yaml" in names and "clients/app.py" in names
-    assert fab.stat().st_size < 1_000_000, fab.stat().st_size
 
 
 def _flwr_run(env: dict, run_config: str, *extra: str) -> tuple[str, dict]:
@@ -47,7 +33,7 @@ def _flwr_run(env: dict, run_config: str, *extra: str) -> tuple[str, dict]:
     return output, json.loads(listed.stdout)["runs"][0]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_flwr_run_dot_runs_the_default_experiment_as_fedgen_run_does(tmp_path):
     http, control = deploy.free_port(), deploy.free_port()
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http),

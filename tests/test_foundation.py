@@ -60,6 +60,7 @@ TWO_STEPS = dict(captioner_steps=2, vae_steps=2, generator_steps=2, batch_size=8
                  check_steps=2)
 
 
+@pytest.mark.statistical
 def test_embedded_profile_below_its_floor_fails_loudly_and_is_not_used(tmp_path):
     """Two training steps cannot name or draw digits: prepare refuses the models, names both figures, keeps them
     aside for inspection, and nothing is cached for a run to pick up."""
@@ -76,6 +77,7 @@ def test_embedded_profile_below_its_floor_fails_loudly_and_is_not_used(tmp_path)
     assert fidelity["judge_accuracy_on_test"] > 0.8  # the judge itself reads real digits
 
 
+@pytest.mark.statistical
 def test_embedded_profile_prepares_once_and_loads_through_from_pretrained(tmp_path):
     cfg = FoundationConfig(cache_dir=str(tmp_path), embedded=EmbeddedConfig(
         **TWO_STEPS, min_caption_accuracy=0, min_class_fidelity=0))

@@ -65,6 +65,7 @@ def test_iblt_round_trip_recovers_the_union_with_multiplicities(n_labels, n_clie
     assert found == gptfl.union(sets)
 
 
+@pytest.mark.statistical
 def test_iblt_decodes_at_its_capacity_with_high_probability():
     """At capacity, over 200 hash seeds: one try fails rarely (keys sharing every cell), three tries ~never."""
     sets = _client_sets(50, 13, seed=0)

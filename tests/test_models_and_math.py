@@ -74,3 +74,17 @@ def test_training_leaves_the_process_wide_rng_alone():
     assert torch.equal(torch.get_rng_state(), before)
     fit(b, data, **kwargs)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_the_deterministic_switch_sets_torchs_algorithms_and_sets_them_back():
+    import os
+
+    import torch
+
+    from fedgen.train import resolve_device
+
+    assert resolve_device("cpu", deterministic=True) == torch.device("cpu")
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    assert not torch.backends.cudnn.benchmark and os.environ["CUBLAS_WORKSPACE_CONFIG"] in (":4096:8", ":16:8")
+    resolve_device("cpu")
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic

