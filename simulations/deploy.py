@@ -268,13 +268,15 @@ def _status(folder: Path, run_id: int, timeout: float) -> dict | None:
 
 
 def flwr_run(folder: str | Path, app_dir: str | Path, run_config: dict[str, str | bool],
-             on_line=print, poll: float = 2.0, patience: float = 30.0) -> dict:
+             on_line=print, poll: float = 2.0, patience: float = 30.0, check_every: float = 30.0) -> dict:
     """`flwr run APP fedgen-local --run-config FILE`, then follow the run until it ends; returns its final record.
 
     The ServerApp's own lines are passed to ``on_line`` as they come (`flwr log --stream`). There is no deadline: a
     run lasts as long as it lasts. Ctrl-C (KeyboardInterrupt) stops the run on the SuperLink (`flwr stop`) and is
     raised again. A SuperLink that stops answering for ``patience`` seconds raises :class:`SuperLinkGone`. `flwr
-    run` exits 0 even when the ServerApp fails, so the run's status is read back with `flwr list`.
+    run` exits 0 even when the ServerApp fails, so the run's status is read back with `flwr list`: every
+    ``check_every`` seconds while the log stream lasts (the SuperLink ends it when the run ends), every ``poll``
+    seconds once it has ended (each `flwr list` is a Python process: about a second of CPU).
     """
     folder = Path(folder).resolve()
     started = flwr(folder, "run", str(app_dir), CONNECTION, "--run-config", str(run_config_file(folder, run_config)),
@@ -289,6 +291,10 @@ def flwr_run(folder: str | Path, app_dir: str | Path, run_config: dict[str, str 
     try:
         silent_since = None
         while True:
+            try:
+                logs.wait(timeout=check_every)  # returns at once when the stream has ended
+            except subprocess.TimeoutExpired:
+                pass
             run = _status(folder, run_id, timeout=min(patience, 30))
             if run is not None and run["status"].startswith("finished"):
                 return run
@@ -298,7 +304,8 @@ def flwr_run(folder: str | Path, app_dir: str | Path, run_config: dict[str, str 
                     raise SuperLinkGone(f"the SuperLink stopped answering during run {run_id}")
             else:
                 silent_since = None
-            time.sleep(poll)
+            if logs.poll() is not None:
+                time.sleep(poll)
     except KeyboardInterrupt:
         stopped = flwr(folder, "stop", str(run_id), CONNECTION)
         on_line(f"stopped run {run_id} on the SuperLink" if stopped.returncode == 0 else
