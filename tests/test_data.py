@@ -189,3 +189,27 @@ def test_huggingface_dataset_from_a_local_directory(tmp_path):
     assert len(fed.pool) + len(fed.test) + len(fed.public) == 40 and fed.pool.images.shape[1:] == (16, 16, 3)
     with pytest.raises(ValueError, match="no column 'image'"):
         load_federation(cfg.model_copy(update={"image_key": "image"}), seed=0)
+
+
+def test_the_rendering_is_made_once_and_read_back_identical(tmp_path, monkeypatch):
+    from fedgen.data import digits
+
+    monkeypatch.setattr(digits, "CACHE_DIR", tmp_path)
+    first = digits.load_digits_domains(0.15, 0.15, 0)  # rendered, and kept
+    [cached] = tmp_path.glob("digits-domains-*.npz")
+    fresh = digits.render_splits(0.15, 0.15, 0)
+    monkeypatch.setattr(digits, "render_splits", lambda *a: pytest.fail("rendered again, the cache not read"))
+    again = digits.load_digits_domains(0.15, 0.15, 0)
+    for name in ("pool", "test", "public"):
+        for got in (first[name], again[name]):
+            fields = ("images", "labels", "domains")
+            assert all(np.array_equal(getattr(got, f), getattr(fresh[name], f)) for f in fields)
+            assert got.images.dtype == np.uint8 and got.labels.dtype == fresh[name].labels.dtype
+            assert got.images.strides == fresh[name].images.strides  # the memory order a convolution's bits follow
+    monkeypatch.undo()
+    monkeypatch.setattr(digits, "CACHE_DIR", tmp_path)
+    cached.write_bytes(b"not an npz")  # damaged: rendered again and replaced
+    assert np.array_equal(digits.load_digits_domains(0.15, 0.15, 0)["pool"].images, fresh["pool"].images)
+    assert np.load(cached)["pool/images"].shape == fresh["pool"].images.transpose(0, 3, 1, 2).shape
+    digits.load_digits_domains(0.2, 0.15, 0)  # other fractions: a file of their own
+    assert len(list(tmp_path.glob("digits-domains-*.npz"))) == 2

@@ -83,14 +83,20 @@ def test_fedgen_names_a_missing_method_module(monkeypatch):
 
 def test_a_fedavg_client_loads_no_diffusion_or_dp_library(tmp_path):
     """The ClientApp of a FedAvg run imports, and trains, without diffusers, transformers, opacus or torch-pruning
-    (every method is discovered; their heavy parts load only when a run uses them)."""
+    (every method is discovered; their heavy parts load only when a run uses them), and, once digits-domains is
+    rendered on the machine, without scikit-learn and torchvision (each client process reads the rendering)."""
+    from fedgen.config import DataConfig
+    from fedgen.data.digits import load_digits_domains
+
+    d = DataConfig()
+    load_digits_domains(d.public_fraction, d.test_fraction, d.split_seed)  # rendered once on this machine
     code = f"""
 import sys
 from inprocess import InProcessGrid
 from clients.app import app
 from simulations.server_app import run_experiment
 from fedgen.config import validate
-heavy = ("diffusers", "transformers", "opacus", "torch_pruning")
+heavy = ("diffusers", "transformers", "opacus", "torch_pruning", "sklearn", "torchvision")
 assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules]
 cfg = validate({{"rounds": 1, "data": {{"num_clients": 2, "partition": {{"kind": "iid"}}}}}})
 run_experiment(InProcessGrid(app, 2), cfg, {str(tmp_path / "run")!r})

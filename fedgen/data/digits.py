@@ -11,15 +11,21 @@ Domains (index: name, what changes):
   3 rotated   white on black, rotated by up to +-35 degrees
   4 noisy     white on black with strong Gaussian pixel noise
   5 blurred   white on black, Gaussian blur (sigma 1.5)
+
+The rendering is made once per machine and kept in ``CACHE_DIR`` (about 35 MB): every later process (each client
+process, each deployed message) reads it back instead of importing scikit-learn and torchvision to render it again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import zipfile
+from importlib.metadata import version
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from torchvision.transforms.v2.functional import gaussian_blur
 
 from fedgen.data.images import ImageSet
 
@@ -77,6 +83,8 @@ def render(stroke: torch.Tensor, domain: int, gen: torch.Generator) -> torch.Ten
     elif name == "noisy":
         out = grey + NOISE_STD * torch.randn(grey.shape, generator=gen)
     elif name == "blurred":
+        from torchvision.transforms.v2.functional import gaussian_blur
+
         out = gaussian_blur(grey.contiguous(), kernel_size=[7, 7], sigma=[BLUR_SIGMA, BLUR_SIGMA])
     else:  # pragma: no cover - DOMAIN_NAMES is closed
         raise ValueError(name)
@@ -97,8 +105,49 @@ def render_all_domains(digits: np.ndarray, labels: np.ndarray, seed: int) -> Ima
     return ImageSet.concat(parts)
 
 
+CACHE_DIR = Path("~/.cache/fedgen/datasets")
+"""Where the rendered splits are kept, one file per (fractions, split seed), named by a digest that also covers this
+module's source and the versions of the libraries that render (a change to either renders again)."""
+SPLITS = ("public", "test", "pool")
+
+
+def _cache_file(public_fraction: float, test_fraction: float, split_seed: int) -> Path:
+    key = hashlib.sha256(Path(__file__).read_bytes())
+    for part in (public_fraction, test_fraction, split_seed, *(version(p) for p in ("numpy", "scikit-learn", "torch",
+                                                                                 "torchvision"))):
+        key.update(repr(part).encode())
+    return CACHE_DIR.expanduser() / f"digits-domains-{key.hexdigest()[:16]}.npz"
+
+
 def load_digits_domains(public_fraction: float, test_fraction: float, split_seed: int) -> dict[str, ImageSet]:
-    """The three disjoint splits, each rendered in all six domains: 'pool', 'test', 'public'."""
+    """The three disjoint splits, each rendered in all six domains: 'pool', 'test', 'public' (rendered on first use
+    on this machine, then read from ``CACHE_DIR``)."""
+    path = _cache_file(public_fraction, test_fraction, split_seed)
+    try:
+        with np.load(path) as f:  # images kept (N, 3, H, W), as rendered: their (N, H, W, 3) view has the same strides
+            return {name: ImageSet(f[f"{name}/images"].transpose(0, 2, 3, 1), f[f"{name}/labels"],
+                                   f[f"{name}/domains"]) for name in SPLITS}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):  # not rendered yet on this machine, or damaged
+        pass
+    splits = render_splits(public_fraction, test_fraction, split_seed)
+    # the memory order matters: a model's float batch keeps it (channels-first memory here), and a convolution's
+    # result depends on it in the last bits
+    arrays = {f"{name}/{field}": getattr(splits[name], field).transpose(0, 3, 1, 2) if field == "images" else
+              getattr(splits[name], field) for name in SPLITS for field in ("images", "labels", "domains")}
+    try:
+        from fedgen.results import replace_atomically
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    except OSError:  # a read-only home: render in every process, as before the cache
+        pass
+    return splits
+
+
+def render_splits(public_fraction: float, test_fraction: float, split_seed: int) -> dict[str, ImageSet]:
+    """Split scikit-learn's digits and render each split in every domain (what the cache holds)."""
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     digits, labels = bunch.images, bunch.target
     order = np.random.default_rng(split_seed).permutation(len(labels))

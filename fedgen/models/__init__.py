@@ -14,8 +14,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torchvision.models import mobilenet_v2, resnet18
-from torchvision.models.resnet import BasicBlock
 
 GROUPS = 8
 
@@ -48,6 +46,8 @@ class SmallCNN(nn.Module):
 
 
 def small_image_resnet18(num_classes: int, norm: str = "batch") -> nn.Module:
+    from torchvision.models import resnet18
+
     model = resnet18(weights=None, num_classes=num_classes, norm_layer=_norm(norm))
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
@@ -61,6 +61,8 @@ class ResNet8(nn.Module):
     representation = "pool"
 
     def __init__(self, num_classes: int, norm: str = "batch") -> None:
+        from torchvision.models.resnet import BasicBlock
+
         super().__init__()
         make_norm = _norm(norm)
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), make_norm(16), nn.ReLU())
@@ -80,6 +82,8 @@ class ResNet8(nn.Module):
 
 
 def mobilenet(num_classes: int, norm: str = "batch") -> nn.Module:
+    from torchvision.models import mobilenet_v2
+
     model = mobilenet_v2(weights=None, num_classes=num_classes, width_mult=0.5, norm_layer=_norm(norm))
     model.representation = "features"
     return model
