@@ -139,16 +139,19 @@ def test_resume_gives_the_same_final_model_as_an_uninterrupted_run(strategy, tin
            "gptfl": {"labels": "plain", "images_per_class": 3, "pretrain_epochs": 1}}.get(name, {})
     foundation = {"foundation": {"profile": "pretrained", "generator": {"path": str(tiny_models / "sd"), "steps": 2,
                                                                        "size": 32}}} if name == "gptfl" else {}
-    cfg = tiny_cfg(rounds=2, data={"num_clients": 4}, deterministic=True,  # exact on a GPU too
-                   strategy={"name": name, "fraction_train": 0.5, "min_train_clients": 2, **own}, **diffusion,
+    # 2 clients a round, of 12 (a twelfth of the pool each: a third of the training 2 of 4 would do); Local trains
+    # every client on the server each round, so more clients only add their evaluations: 4
+    n = 4 if name == "local" else 12
+    cfg = tiny_cfg(rounds=2, data={"num_clients": n}, deterministic=True,  # exact on a GPU too
+                   strategy={"name": name, "fraction_train": 2 / n, "min_train_clients": 2, **own}, **diffusion,
                    **foundation)
-    whole = run_experiment(InProcessGrid(app, 4), cfg, tmp_path / "whole")
+    whole = run_experiment(InProcessGrid(app, n), cfg, tmp_path / "whole")
     assert torch.are_deterministic_algorithms_enabled()  # the server and the clients (here, this process) set it
     _interrupted_in_round_2(name, cfg, tmp_path / "broke", monkeypatch)
     cut = json.loads((tmp_path / "broke" / "summary.json").read_text())
     assert cut["status"] == "failed" and cut["rounds"] == 1
     # a new federation (new node ids, fresh client contexts): client state must come from the clients' disks
-    resumed = run_experiment(InProcessGrid(app, 4, seed=9), cfg, tmp_path / "broke", resume=True)
+    resumed = run_experiment(InProcessGrid(app, n, seed=9), cfg, tmp_path / "broke", resume=True)
     name = {"local": "client_models.pt", "diffusion": "unet.pt"}.get(task or strategy, "model.pt")
     a, b = torch.load(tmp_path / "whole" / name), torch.load(tmp_path / "broke" / name)
     if strategy in ("local", "feddf"):  # a model per client, per group
