@@ -106,20 +106,26 @@ bench: install   ## figures into bench/results/<name>.json: make bench [BENCH="o
 	@mkdir -p $(RAY_TMPDIR)
 	$(VENV)/bin/fedgen bench $(BENCH) --out bench/results
 
-# the tiers (README, "Tests"): pytest-randomly orders each run at random (its seed is printed: -p randomly
-# --randomly-seed=N repeats an order, -p no:randomly keeps the file order); PYTEST_ARGS adds to any of these
-PYTEST := $(PY) -m pytest -q -n 2 --dist loadgroup --durations=10
+# the tiers (README, "Tests"), each run in a random order (pytest-randomly) that SEED=N repeats; PYTEST_ARGS adds
+# to any of these (-p no:randomly keeps the files' order)
+ifndef SEED
+SEED   := $(shell python3 -c 'import random; print(random.randrange(10**6))')
+endif
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadgroup --durations=10 -p randomly --randomly-seed=$(SEED)
 TIERS  ?= unit or integration
 test: install   ## the tiers named in TIERS (a marker expression; default: unit or integration)
 	@mkdir -p $(RAY_TMPDIR)
+	@echo "test order: make test SEED=$(SEED) repeats it"
 	$(PYTEST) -m "$(TIERS)" $(PYTEST_ARGS)
 
 test-all: install   ## every tier: unit, integration, statistical, e2e, bench, tooling (what .ci/run runs)
 	@mkdir -p $(RAY_TMPDIR)
+	@echo "test order: make test-all SEED=$(SEED) repeats it"
 	$(PYTEST) $(PYTEST_ARGS)
 
 test-unit test-integration test-statistical test-e2e test-bench test-tooling: test-%: install   ## one tier
 	@mkdir -p $(RAY_TMPDIR)
+	@echo "test order: make $@ SEED=$(SEED) repeats it"
 	$(PYTEST) -m $* $(PYTEST_ARGS)
 
 NODES ?= 2
