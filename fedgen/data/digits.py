@@ -12,7 +12,7 @@ Domains (index: name, what changes):
   4 noisy     white on black with strong Gaussian pixel noise
   5 blurred   white on black, Gaussian blur (sigma 1.5)
 
-The rendering is made once per machine and kept in ``CACHE_DIR`` (about 35 MB): every later process (each client
+The rendering is made once per machine and kept in ``CACHE_DIR`` (about 33 MB): every later process (each client
 process, each deployed message) reads it back instead of importing scikit-learn and torchvision to render it again.
 """
 
@@ -134,11 +134,16 @@ def load_digits_domains(public_fraction: float, test_fraction: float, split_seed
     # result depends on it in the last bits
     arrays = {f"{name}/{field}": getattr(splits[name], field).transpose(0, 3, 1, 2) if field == "images" else
               getattr(splits[name], field) for name in SPLITS for field in ("images", "labels", "domains")}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # np.savez given a path would add '.npz' to the temporary file's name
+            np.savez(f, **arrays)
+
     try:
         from fedgen.results import replace_atomically
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        replace_atomically(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+        replace_atomically(path, write)
     except OSError:  # a read-only home: render in every process, as before the cache
         pass
     return splits
