@@ -1,4 +1,4 @@
-"""`flwr run .` as Flower users run it: the app's FAB, and a run on Flower's local simulation SuperLink.
+"""`flwr run .` as Flower users run it, on Flower's local simulation SuperLink (the app's FAB: tests/test_tooling.py).
 
 Each test gives Flower a temporary FLWR_HOME and free ports, so the local SuperLink that `flwr run` starts (and
 leaves running, by Flower's design) is this test's own; the test stops it by PID (the process listening on its port).
@@ -18,7 +18,6 @@ from simulations import deploy, procs
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-APP_PARTS = {".info", "pyproject.toml", "README.md", "clients", "fedgen", "simulations", "strategies"}
 
 
 def _flwr_run(env: dict, run_config: str, *extra: str) -> tuple[str, dict]:

@@ -85,11 +85,9 @@ def test_a_fedavg_client_loads_no_diffusion_or_dp_library(tmp_path):
     """The ClientApp of a FedAvg run imports, and trains, without diffusers, transformers, opacus or torch-pruning
     (every method is discovered; their heavy parts load only when a run uses them), and, once digits-domains is
     rendered on the machine, without scikit-learn and torchvision (each client process reads the rendering)."""
-    from fedgen.config import DataConfig
-    from fedgen.data.digits import load_digits_domains
+    from fedgen.data.digits import default_splits
 
-    d = DataConfig()
-    load_digits_domains(d.public_fraction, d.test_fraction, d.split_seed)  # rendered once on this machine
+    default_splits()  # rendered once on this machine
     code = f"""
 import sys
 from inprocess import InProcessGrid
